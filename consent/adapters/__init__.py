@@ -1,0 +1,1 @@
+"""Adapters: the database, the event bus, the outside world."""

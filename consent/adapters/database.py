@@ -1,0 +1,70 @@
+"""The SQLAlchemy async engine, on PostgreSQL (asyncpg) or the embedded SQLite file (aiosqlite)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+def _json_serializer(value: object) -> str:
+    return _json_encode(value).decode()
+
+
+class Database:
+    def __init__(self, url: str, pool_size: int = 20) -> None:
+        self.url = sa.make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        options: dict = {"json_serializer": _json_serializer, "json_deserializer": msgspec.json.decode}
+        if self.is_sqlite:
+            options["connect_args"] = {"timeout": 30}
+        else:
+            options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        # SQLite has one writer: serialise this process's write transactions instead of
+        # letting them fail with "database is locked" when one upgrades from read to write.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def acquire_writer(self) -> None:
+        if self._write_lock is not None:
+            await self._write_lock.acquire()
+
+    def release_writer(self) -> None:
+        if self._write_lock is not None:
+            self._write_lock.release()
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def upsert(self, table: sa.Table):
+        """An INSERT that can take `.on_conflict_do_update`, in this database's dialect."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        return insert(table)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

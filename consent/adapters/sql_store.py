@@ -1,0 +1,243 @@
+"""The event store and its projections on SQLAlchemy Core: a few hand-written statements per write."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from consent.adapters.database import Database
+from consent.adapters.tables import consents, events, idempotency_keys, partners, purposes, scopes, subjects
+from consent.app.ports import RecordedEvent
+from consent.domain.catalog import Catalog, Partner, Purpose, Scope
+from consent.domain.errors import Conflict, VersionConflict
+from consent.domain.events import Event, SubjectChange, SubjectErased, event_data, event_from_data, event_type
+from consent.domain.subject import ConsentRecord, SubjectConsents
+
+_SUBJECT_STATE = (
+    sa.select(subjects.c.version, subjects.c.position, subjects.c.global_opt_out,
+              consents.c.purpose_id, consents.c.partner_id, consents.c.scopes, consents.c.status,
+              consents.c.expires_at, consents.c.purpose_version, consents.c.updated_at)
+    .select_from(subjects.outerjoin(consents, consents.c.subject_id == subjects.c.subject_id))
+)
+
+
+def subject_stream(subject_id: str) -> str:
+    return f"subject:{subject_id}"
+
+
+def subjects_from_rows(rows: list[Any], wanted: list[str]) -> dict[str, SubjectConsents]:
+    """Fold (subject, consent) join rows into states; subjects without rows are new."""
+    states = {subject_id: SubjectConsents(subject_id) for subject_id in wanted}
+    for row in rows:
+        state = states[row.subject_id]
+        state.version, state.position, state.global_opt_out = row.version, row.position, row.global_opt_out
+        if row.purpose_id is not None:
+            partner = row.partner_id or None
+            state.records[(row.purpose_id, partner)] = ConsentRecord(
+                purpose=row.purpose_id, partner=partner,
+                scopes=tuple(row.scopes) if row.scopes is not None else None,
+                status=row.status, expires_at=row.expires_at, purpose_version=row.purpose_version,
+                updated_at=row.updated_at,
+            )
+    return states
+
+
+async def load_subjects(conn: AsyncConnection, subject_ids: list[str]) -> dict[str, SubjectConsents]:
+    """Many subjects' states in one indexed read."""
+    query = _SUBJECT_STATE.add_columns(subjects.c.subject_id).where(subjects.c.subject_id.in_(subject_ids))
+    rows = (await conn.execute(query)).all()
+    return subjects_from_rows(rows, subject_ids)
+
+
+async def load_catalog(conn: AsyncConnection) -> Catalog:
+    catalog = Catalog()
+    for row in (await conn.execute(sa.select(purposes))).mappings():
+        catalog.purposes[row["id"]] = _purpose(row)
+    for row in (await conn.execute(sa.select(scopes))).mappings():
+        catalog.scopes[row["id"]] = _scope(row)
+    for row in (await conn.execute(sa.select(partners))).mappings():
+        catalog.partners[row["id"]] = _partner(row)
+    return catalog
+
+
+async def head_position(conn: AsyncConnection) -> int:
+    return (await conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0)))).scalar_one()
+
+
+def _purpose(row: Any) -> Purpose:
+    return Purpose(id=row["id"], title=row["title"], description=row["description"],
+                   legal_basis=row["legal_basis"], retention=row["retention"],
+                   sale_or_sharing=row["sale_or_sharing"], version=row["version"],
+                   reconsent_below=row["reconsent_below"], status=row["status"])
+
+
+def _scope(row: Any) -> Scope:
+    return Scope(id=row["id"], title=row["title"], description=row["description"], sensitivity=row["sensitivity"])
+
+
+def _partner(row: Any) -> Partner:
+    return Partner(id=row["id"], name=row["name"], status=row["status"],
+                   data_uses={k: tuple(v) for k, v in row["data_uses"].items()},
+                   contract_ends_at=row["contract_ends_at"], base_status=row["base_status"])
+
+
+class SqlUnitOfWork:
+    """One database transaction; see `consent.app.ports.UnitOfWork`."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._committed = False
+        self.conn: AsyncConnection
+
+    async def __aenter__(self) -> SqlUnitOfWork:
+        await self._database.acquire_writer()
+        try:
+            self.conn = await self._database.engine.connect()
+            await self.conn.begin()
+        except BaseException:
+            self._database.release_writer()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            if not self._committed:
+                await self.conn.rollback()
+        finally:
+            try:
+                await self.conn.close()
+            finally:
+                self._database.release_writer()
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        self._committed = True
+
+    # The log
+
+    async def _append(self, stream_id: str, expected_version: int, new_events: list[Event],
+                      actor: str) -> list[RecordedEvent]:
+        now = datetime.now(timezone.utc)
+        rows = [
+            {"event_id": uuid.uuid4(), "stream_id": stream_id, "stream_version": expected_version + n,
+             "type": event_type(event), "data": event_data(event), "metadata": {"actor": actor},
+             "recorded_at": now}
+            for n, event in enumerate(new_events, start=1)
+        ]
+        statement = sa.insert(events).returning(events.c.position, sort_by_parameter_order=True)
+        try:
+            positions = (await self.conn.execute(statement, rows)).scalars().all()
+        except IntegrityError as error:
+            if "stream_version" in str(error.orig):
+                raise VersionConflict(stream_id, expected_version) from None
+            raise
+        return [
+            RecordedEvent(event_id=row["event_id"], stream_id=stream_id, stream_version=row["stream_version"],
+                          position=position, event=event, recorded_at=now)
+            for row, position, event in zip(rows, positions, new_events)
+        ]
+
+    async def read_stream(self, stream_id: str, after: int, limit: int) -> list[RecordedEvent]:
+        query = (sa.select(events).where(events.c.stream_id == stream_id, events.c.position > after)
+                 .order_by(events.c.stream_version).limit(limit))
+        return [
+            RecordedEvent(event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
+                          position=row.position, event=event_from_data(row.type, row.data),
+                          recorded_at=row.recorded_at)
+            for row in (await self.conn.execute(query)).all()
+        ]
+
+    # Subjects
+
+    async def load_subject(self, subject_id: str) -> SubjectConsents:
+        return (await load_subjects(self.conn, [subject_id]))[subject_id]
+
+    async def save_subject(self, state: SubjectConsents, expected_version: int, new_events: list[Event],
+                           actor: str) -> list[RecordedEvent]:
+        recorded = await self._append(subject_stream(state.subject_id), expected_version, new_events, actor)
+        state.position = recorded[-1].position
+        upsert = self._database.upsert(subjects).values(
+            subject_id=state.subject_id, version=state.version, position=state.position,
+            global_opt_out=state.global_opt_out)
+        await self.conn.execute(upsert.on_conflict_do_update(
+            index_elements=[subjects.c.subject_id],
+            set_={"version": upsert.excluded.version, "position": upsert.excluded.position,
+                  "global_opt_out": upsert.excluded.global_opt_out}))
+        await self._project_consents(state, new_events)
+        return recorded
+
+    async def _project_consents(self, state: SubjectConsents, new_events: list[Event]) -> None:
+        if any(isinstance(e, SubjectErased) for e in new_events):
+            await self.conn.execute(sa.delete(consents).where(consents.c.subject_id == state.subject_id))
+        touched = {(e.purpose, e.partner) for e in new_events if isinstance(e, SubjectChange)}
+        rows = [
+            {"subject_id": state.subject_id, "purpose_id": r.purpose, "partner_id": r.partner or "",
+             "scopes": list(r.scopes) if r.scopes is not None else None, "status": r.status,
+             "expires_at": r.expires_at, "purpose_version": r.purpose_version, "updated_at": r.updated_at}
+            for key in sorted(touched, key=lambda k: (k[0], k[1] or "")) if (r := state.records.get(key))
+        ]
+        if rows:
+            upsert = self._database.upsert(consents)
+            await self.conn.execute(upsert.on_conflict_do_update(
+                index_elements=[consents.c.subject_id, consents.c.purpose_id, consents.c.partner_id],
+                set_={c: upsert.excluded[c] for c in
+                      ("scopes", "status", "expires_at", "purpose_version", "updated_at")}), rows)
+
+    # Catalog
+
+    async def load_purpose(self, purpose_id: str) -> tuple[Purpose | None, int]:
+        row = (await self.conn.execute(sa.select(purposes).where(purposes.c.id == purpose_id))).mappings().first()
+        return (_purpose(row), row["stream_version"]) if row else (None, 0)
+
+    async def load_scope(self, scope_id: str) -> tuple[Scope | None, int]:
+        row = (await self.conn.execute(sa.select(scopes).where(scopes.c.id == scope_id))).mappings().first()
+        return (_scope(row), row["stream_version"]) if row else (None, 0)
+
+    async def load_partner(self, partner_id: str) -> tuple[Partner | None, int]:
+        row = (await self.conn.execute(sa.select(partners).where(partners.c.id == partner_id))).mappings().first()
+        return (_partner(row), row["stream_version"]) if row else (None, 0)
+
+    async def save_catalog_entity(self, stream_id: str, expected_version: int, new_events: list[Event],
+                                  entity: Purpose | Scope | Partner, actor: str) -> list[RecordedEvent]:
+        recorded = await self._append(stream_id, expected_version, new_events, actor)
+        if isinstance(entity, Purpose):
+            table, row = purposes, dict(
+                id=entity.id, title=entity.title, description=entity.description,
+                legal_basis=entity.legal_basis, retention=entity.retention,
+                sale_or_sharing=entity.sale_or_sharing, version=entity.version,
+                reconsent_below=entity.reconsent_below, status=entity.status)
+        elif isinstance(entity, Scope):
+            table, row = scopes, dict(id=entity.id, title=entity.title, description=entity.description,
+                                      sensitivity=entity.sensitivity)
+        else:
+            table, row = partners, dict(
+                id=entity.id, name=entity.name, status=entity.status, base_status=entity.base_status,
+                data_uses={k: list(v) for k, v in entity.data_uses.items()},
+                contract_ends_at=entity.contract_ends_at)
+        row["stream_version"] = recorded[-1].stream_version
+        upsert = self._database.upsert(table).values(**row)
+        await self.conn.execute(upsert.on_conflict_do_update(
+            index_elements=[table.c.id], set_={c: upsert.excluded[c] for c in row if c != "id"}))
+        return recorded
+
+    # Idempotency
+
+    async def idempotent_answer(self, key: str) -> tuple[str, Any] | None:
+        row = (await self.conn.execute(
+            sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.response)
+            .where(idempotency_keys.c.key == key))).first()
+        return (row.request_hash, row.response) if row else None
+
+    async def remember_answer(self, key: str, request_hash: str, answer: Any) -> None:
+        try:
+            await self.conn.execute(sa.insert(idempotency_keys).values(
+                key=key, request_hash=request_hash, response=answer, created_at=datetime.now(timezone.utc)))
+        except IntegrityError:
+            # Another request with this key committed first; this one rolls back whole.
+            raise Conflict("idempotency_key_in_flight",
+                           "a request with this Idempotency-Key was processed concurrently; retry it") from None

@@ -1,0 +1,115 @@
+"""Table definitions. Every change here comes with an Alembic migration in migrations/."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData(naming_convention={
+    "pk": "pk_%(table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+})
+
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Position = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timestamps always leave the database as aware UTC datetimes (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+# The log: append-only. `position` is global, `stream_version` counts within one stream.
+events = sa.Table(
+    "events", metadata,
+    sa.Column("position", Position, sa.Identity(always=False), primary_key=True),
+    sa.Column("event_id", sa.Uuid(), nullable=False, unique=True),
+    sa.Column("stream_id", sa.String(200), nullable=False),
+    sa.Column("stream_version", sa.Integer(), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("data", Json, nullable=False),
+    sa.Column("metadata", Json, nullable=False),
+    sa.Column("recorded_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("stream_id", "stream_version", name="uq_events_stream_version"),
+    sqlite_autoincrement=True,  # positions are never reused
+)
+
+# Read models, updated in the same transaction as the append.
+subjects = sa.Table(
+    "subjects", metadata,
+    sa.Column("subject_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("position", Position, nullable=False),
+    sa.Column("global_opt_out", sa.Boolean(), nullable=False),
+)
+
+consents = sa.Table(
+    "consents", metadata,
+    sa.Column("subject_id", sa.String(128), primary_key=True),
+    sa.Column("purpose_id", sa.String(64), primary_key=True),
+    # '' is a first-party choice (partner null in the API): key columns cannot be NULL.
+    sa.Column("partner_id", sa.String(64), primary_key=True),
+    sa.Column("scopes", Json, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("purpose_version", sa.Integer(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+purposes = sa.Table(
+    "purposes", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("title", sa.Text(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("legal_basis", sa.String(32), nullable=False),
+    sa.Column("retention", sa.String(64), nullable=False),
+    sa.Column("sale_or_sharing", sa.Boolean(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("reconsent_below", sa.Integer(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("stream_version", sa.Integer(), nullable=False),
+)
+
+scopes = sa.Table(
+    "scopes", metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("title", sa.Text(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("sensitivity", sa.String(16), nullable=False),
+    sa.Column("stream_version", sa.Integer(), nullable=False),
+)
+
+partners = sa.Table(
+    "partners", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("base_status", sa.String(16), nullable=False),
+    sa.Column("data_uses", Json, nullable=False),
+    sa.Column("contract_ends_at", UTCDateTime(), nullable=True),
+    sa.Column("stream_version", sa.Integer(), nullable=False),
+)
+
+# First answers to requests that carried an Idempotency-Key.
+idempotency_keys = sa.Table(
+    "idempotency_keys", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("response", Json, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)

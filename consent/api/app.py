@@ -1,0 +1,98 @@
+"""The Litestar application: wiring of adapters, services and controllers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import Parameter
+
+from consent.adapters import migrate
+from consent.adapters.database import Database
+from consent.adapters.memory_bus import InProcessBus
+from consent.adapters.sql_store import SqlUnitOfWork, load_catalog
+from consent.api import health
+from consent.api.auth import Authenticator, Principal
+from consent.api.catalog import PartnerController, PurposeController, ScopeController
+from consent.api.errors import problem_details_plugin
+from consent.api.subjects import SubjectController
+from consent.app.ports import Clock, SystemClock
+from consent.app.services import ConsentService
+from consent.config import Settings
+
+log = logging.getLogger("consent")
+
+API_VERSION = "1.0.0"
+
+
+class Container:
+    """The process's adapters and services, built at start-up."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.database = Database(settings.database_url)
+        self.bus = InProcessBus()
+        self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret)
+        self.service: ConsentService | None = None
+
+    async def start(self) -> None:
+        if self.settings.embedded:
+            # The embedded default migrates itself; PostgreSQL is migrated by `consent db upgrade`.
+            await _run_sync(migrate.upgrade, self.settings.database_url)
+            log.info("embedded default: SQLite at %s and an in-process event bus", self.database.url.database)
+        async with self.database.reading() as conn:
+            catalog = await load_catalog(conn)
+        self.service = ConsentService(lambda: SqlUnitOfWork(self.database), self.bus, self.clock, catalog)
+
+    async def stop(self) -> None:
+        await self.database.dispose()
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await self.database.ping()
+            database = True
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            database = False
+        return {"database": database}
+
+
+async def _run_sync(fn, *args) -> None:
+    import anyio.to_thread
+
+    await anyio.to_thread.run_sync(fn, *args)
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Litestar:
+    container = Container(settings or Settings.from_env(), clock or SystemClock())
+
+    def principal(authorization: Annotated[str | None, Parameter(header="Authorization", required=False,
+                                                                 include_in_schema=False)] = None) -> Principal:
+        return container.authenticator.authenticate(authorization)
+
+    app = Litestar(
+        route_handlers=[health.live, health.ready, PurposeController, ScopeController, PartnerController,
+                        SubjectController],
+        dependencies={
+            "principal": Provide(principal, sync_to_thread=False),
+            "service": Provide(lambda: container.service, sync_to_thread=False),
+            "readiness": Provide(lambda: container.readiness, sync_to_thread=False),
+        },
+        plugins=[problem_details_plugin()],
+        on_startup=[container.start],
+        on_shutdown=[container.stop],
+        openapi_config=OpenAPIConfig(
+            title="Consent service", version=API_VERSION, path="/schema",
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer",
+                                         description="Admin key, partner access token or end-user JWT")}),
+            security=[{"bearer": []}],
+        ),
+        request_max_body_size=1_048_576,
+    )
+    app.state.container = container
+    return app

@@ -1,0 +1,84 @@
+"""Who is calling: an admin key, an end user's HS256 token, or (later) a partner token.
+
+Verified tokens are cached until they expire, keyed by the token, so the hot paths
+pay for a signature check once per token rather than once per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Literal
+
+import jwt
+from msgspec import Struct
+
+from consent.api.errors import forbidden, unauthorized
+
+CACHE_LIMIT = 10_000
+
+
+class Principal(Struct, frozen=True):
+    kind: Literal["admin", "user", "partner"]
+    id: str  # admin: key id (a hash prefix, never the key); user: subject id; partner: partner id
+
+    @property
+    def actor(self) -> str:
+        """How the log's metadata names who acted; an end user is the stream's own subject."""
+        return "subject" if self.kind == "user" else f"{self.kind}:{self.id}"
+
+
+def key_id(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+class Authenticator:
+    def __init__(self, admin_keys: tuple[str, ...], user_token_secret: str | None) -> None:
+        self._admin_keys = {hashlib.sha256(k.encode()).digest(): k for k in admin_keys}
+        self._user_secret = user_token_secret
+        self._verified: dict[str, tuple[Principal, float]] = {}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization or not authorization[:7].lower() == "bearer ":
+            raise unauthorized()
+        token = authorization[7:].strip()
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached[1] > time.time():
+                return cached[0]
+            del self._verified[token]
+        principal, expires = self._verify(token)
+        if len(self._verified) >= CACHE_LIMIT:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
+        admin_key = self._admin_keys.get(hashlib.sha256(token.encode()).digest())
+        if admin_key is not None and hmac.compare_digest(admin_key.encode(), token.encode()):
+            # Re-checked every minute, so a key removed from configuration stops at restart.
+            return Principal("admin", key_id(admin_key)), time.time() + 60
+        if self._user_secret is not None and token.count(".") == 2:
+            try:
+                claims = jwt.decode(token, self._user_secret, algorithms=["HS256"],
+                                    options={"require": ["exp", "sub"]})
+            except jwt.PyJWTError:
+                raise unauthorized("invalid or expired token") from None
+            subject = claims["sub"]
+            if not isinstance(subject, str) or not 1 <= len(subject) <= 128:
+                raise unauthorized("token subject is not a subject id")
+            return Principal("user", subject), float(claims["exp"])
+        raise unauthorized()
+
+
+def require_admin(principal: Principal) -> None:
+    if principal.kind != "admin":
+        raise forbidden("this operation is for administrators")
+
+
+def require_subject_access(principal: Principal, subject_id: str) -> None:
+    """Admins act on any subject; an end user only on their own; partners never here."""
+    if principal.kind == "admin" or (principal.kind == "user" and principal.id == subject_id):
+        return
+    raise forbidden("this caller may not act on this subject")

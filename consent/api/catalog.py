@@ -1,0 +1,116 @@
+"""Catalog routes: purposes, scopes, partners. Admins write; any authenticated caller reads."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get, post, put
+
+from consent.api.auth import Principal, require_admin
+from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
+from consent.app.services import ConsentService, Written
+from consent.app.views import PartnerView, PurposeView, ScopeView, partner_view, purpose_view, scope_view
+from consent.domain import catalog as cat
+from consent.domain.errors import NotFound
+from consent.domain.ids import check_scope, check_slug
+
+
+def _written(written: Written, view) -> Response:
+    return Response(view(written.entity), status_code=201 if written.created else 200)
+
+
+class PurposeController(Controller):
+    path = "/v1/purposes"
+    tags = ["catalog"]
+
+    @put("/{purpose_id:str}", summary="Define or revise a purpose (admin)",
+         responses={201: None}, status_code=200)
+    async def put_purpose(self, purpose_id: str, data: PurposeIn, principal: Principal,
+                          service: ConsentService) -> Response[PurposeView]:
+        require_admin(principal)
+        check_slug(purpose_id, "purpose")
+        spec = cat.PurposeSpec(title=data.title, description=data.description, legal_basis=data.legal_basis,
+                               retention=data.retention, sale_or_sharing=data.sale_or_sharing)
+        written = await service.put_purpose(purpose_id, spec, data.material_change, principal.actor)
+        return _written(written, purpose_view)
+
+    @get("/", summary="List purposes (any authenticated caller)")
+    async def list_purposes(self, principal: Principal, service: ConsentService) -> list[PurposeView]:
+        return [purpose_view(p) for _, p in sorted(service.catalog.purposes.items())]
+
+    @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)")
+    async def get_purpose(self, purpose_id: str, principal: Principal, service: ConsentService) -> PurposeView:
+        return purpose_view(service.catalog.purpose(purpose_id))
+
+    @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200)
+    async def retire_purpose(self, purpose_id: str, principal: Principal, service: ConsentService) -> PurposeView:
+        require_admin(principal)
+        check_slug(purpose_id, "purpose")
+        return purpose_view((await service.retire_purpose(purpose_id, principal.actor)).entity)
+
+
+class ScopeController(Controller):
+    path = "/v1/scopes"
+    tags = ["catalog"]
+
+    @put("/{scope_id:str}", summary="Define a scope (admin)", responses={201: None}, status_code=200)
+    async def put_scope(self, scope_id: str, data: ScopeIn, principal: Principal,
+                        service: ConsentService) -> Response[ScopeView]:
+        require_admin(principal)
+        check_scope(scope_id)
+        spec = cat.ScopeSpec(title=data.title, description=data.description, sensitivity=data.sensitivity)
+        return _written(await service.put_scope(scope_id, spec, principal.actor), scope_view)
+
+    @get("/", summary="List scopes (any authenticated caller)")
+    async def list_scopes(self, principal: Principal, service: ConsentService) -> list[ScopeView]:
+        return [scope_view(s) for _, s in sorted(service.catalog.scopes.items())]
+
+    @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)")
+    async def get_scope(self, scope_id: str, principal: Principal, service: ConsentService) -> ScopeView:
+        scope = service.catalog.scopes.get(scope_id)
+        if scope is None:
+            raise NotFound("scope", scope_id)
+        return scope_view(scope)
+
+
+class PartnerController(Controller):
+    path = "/v1/partners"
+    tags = ["partners"]
+
+    @put("/{partner_id:str}", summary="Register or update a partner (admin)", responses={201: None},
+         status_code=200)
+    async def put_partner(self, partner_id: str, data: PartnerIn, principal: Principal,
+                          service: ConsentService) -> Response[PartnerView]:
+        require_admin(principal)
+        check_slug(partner_id, "partner")
+        spec = cat.PartnerSpec(name=data.name, status=data.status,
+                               data_uses={k: tuple(v) for k, v in data.data_uses.items()},
+                               contract_ends_at=data.contract_ends_at)
+        return _written(await service.put_partner(partner_id, spec, principal.actor), partner_view)
+
+    @get("/", summary="List partners (admin)")
+    async def list_partners(self, principal: Principal, service: ConsentService) -> list[PartnerView]:
+        require_admin(principal)
+        return [partner_view(p) for _, p in sorted(service.catalog.partners.items())]
+
+    @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)")
+    async def get_partner(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+        if not (principal.kind == "partner" and principal.id == partner_id):
+            require_admin(principal)
+        return partner_view(service.catalog.partner(partner_id))
+
+    @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200)
+    async def suspend(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+        return await _change_status(partner_id, "suspend", principal, service)
+
+    @post("/{partner_id:str}/reinstate", summary="Reinstate a suspended partner (admin)", status_code=200)
+    async def reinstate(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+        return await _change_status(partner_id, "reinstate", principal, service)
+
+    @post("/{partner_id:str}/terminate", summary="Terminate a partner, finally (admin)", status_code=200)
+    async def terminate(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+        return await _change_status(partner_id, "terminate", principal, service)
+
+
+async def _change_status(partner_id: str, command, principal: Principal, service: ConsentService) -> PartnerView:
+    require_admin(principal)
+    check_slug(partner_id, "partner")
+    return partner_view((await service.change_partner_status(partner_id, command, principal.actor)).entity)

@@ -1,0 +1,75 @@
+"""Every error leaves as RFC 9457 problem details with a stable `code` (API.md "Errors")."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from consent.domain.errors import DomainError
+
+log = logging.getLogger("consent.api")
+
+_CODE_BY_STATUS = {
+    400: "validation_failed", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "validation_failed", 429: "rate_limited", 503: "unavailable",
+}
+
+
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+            **extra: Any) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=status, type_=f"urn:consent:problem:{code}", title=code.replace("_", " ").capitalize(),
+        detail=detail, headers=headers, extra={"code": code, **extra},
+    )
+
+
+def unauthorized(detail: str = "missing or invalid credentials") -> ProblemDetailsException:
+    return problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(detail: str) -> ProblemDetailsException:
+    return problem(403, "forbidden", detail)
+
+
+def _from_domain(error: DomainError) -> ProblemDetailsException:
+    return problem(error.status, error.code, error.detail)
+
+
+def _from_validation(error: ValidationException) -> ProblemDetailsException:
+    errors = error.extra if isinstance(error.extra, list) else []
+    # Litestar's messages name the field; they never echo a secret header value.
+    return problem(400, "validation_failed", str(error.detail), errors=errors)
+
+
+def _from_http(error: HTTPException) -> ProblemDetailsException:
+    if isinstance(error, ProblemDetailsException):
+        return error
+    code = _CODE_BY_STATUS.get(error.status_code, "client_error" if error.status_code < 500 else "internal_error")
+    return problem(error.status_code, code, str(error.detail), headers=error.headers)
+
+
+def _from_database(error: Exception) -> ProblemDetailsException:
+    log.error("database unavailable: %s", type(error).__name__)
+    return problem(503, "unavailable", "the database is unavailable; retry later", headers={"Retry-After": "1"})
+
+
+def _from_unexpected(error: Exception) -> ProblemDetailsException:
+    log.exception("unexpected error")
+    return problem(500, "internal_error", "an unexpected error occurred")
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={
+        DomainError: _from_domain,
+        ValidationException: _from_validation,
+        HTTPException: _from_http,
+        OperationalError: _from_database,
+        DBAPIError: _from_database,
+        ConnectionError: _from_database,
+        Exception: _from_unexpected,
+    }))

@@ -1,0 +1,19 @@
+"""Liveness and readiness (API.md "Operations"). No credentials: they reveal nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from litestar import Response, get
+
+
+@get("/health/live", tags=["operations"], summary="The process answers")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", tags=["operations"], summary="The database (and NATS, when configured) answer")
+async def ready(readiness: Callable[[], Awaitable[dict[str, bool]]]) -> Response[dict[str, object]]:
+    checks = await readiness()
+    ok = all(checks.values())
+    return Response({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)

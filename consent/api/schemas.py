@@ -1,0 +1,55 @@
+"""Request bodies (API.md). Unknown fields are refused so that a typo is an error, not a silent no-op."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from consent.domain.events import LegalBasis, Sensitivity, Source
+
+Text = Annotated[str, Meta(max_length=10_000)]
+Title = Annotated[str, Meta(min_length=1, max_length=200)]
+Id = Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class PurposeIn(Struct, forbid_unknown_fields=True):
+    title: Title
+    description: Text
+    legal_basis: LegalBasis
+    retention: Annotated[str, Meta(min_length=2, max_length=64)]
+    sale_or_sharing: bool = False
+    material_change: bool = False
+
+
+class ScopeIn(Struct, forbid_unknown_fields=True):
+    title: Title
+    description: Text
+    sensitivity: Sensitivity
+
+
+class PartnerIn(Struct, forbid_unknown_fields=True):
+    name: Title
+    status: Literal["sandbox", "active"] = "sandbox"
+    data_uses: Annotated[dict[Id, Annotated[list[Id], Meta(max_length=200)]], Meta(max_length=200)] = {}
+    contract_ends_at: datetime | None = None
+
+
+class ChangeIn(Struct, forbid_unknown_fields=True):
+    purpose: Id
+    action: Literal["grant", "withdraw", "object"]
+    partner: Id | None = None
+    scopes: Annotated[list[Id], Meta(max_length=200)] | None = None
+    expires_at: datetime | None = None
+
+
+class EvidenceIn(Struct, forbid_unknown_fields=True):
+    collection_point: Annotated[str, Meta(max_length=200)] | None = None
+    text_shown: Text | None = None
+
+
+class ConsentRequest(Struct, forbid_unknown_fields=True):
+    changes: Annotated[list[ChangeIn], Meta(min_length=1, max_length=100)]
+    source: Source = "api"
+    evidence: EvidenceIn | None = None

@@ -1,0 +1,84 @@
+"""Consent routes: an end user for their own subject, or an admin."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import Parameter
+
+from consent.api.auth import Principal, require_subject_access
+from consent.api.errors import problem
+from consent.api.schemas import ConsentRequest
+from consent.app.services import ConsentService
+from consent.app.views import HistoryView, SubjectConsentsView
+from consent.domain.events import Evidence
+from consent.domain.ids import check_subject
+from consent.domain.subject import Change
+
+_ETAG = re.compile(r'(?:W/)?"?(\d{1,10})"?')
+
+IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=200, required=False)]
+IfMatch = Annotated[str | None, Parameter(header="If-Match", max_length=40, required=False)]
+SecGpc = Annotated[str | None, Parameter(header="Sec-GPC", max_length=8, required=False)]
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    match = _ETAG.fullmatch(if_match.strip())
+    if match is None:
+        raise problem(400, "validation_failed", 'If-Match must be the subject version in quotes, e.g. "3"')
+    return int(match.group(1))
+
+
+def _gpc(principal: Principal, sec_gpc: str | None) -> bool:
+    """Global Privacy Control counts when the end user's own agent sends it."""
+    return principal.kind == "user" and (sec_gpc or "").strip() == "1"
+
+
+class SubjectController(Controller):
+    path = "/v1/subjects/{subject_id:str}"
+    tags = ["consents"]
+
+    @post("/consents", status_code=200, summary="Change consents, all or nothing (the subject, or admin)")
+    async def change_consents(self, subject_id: str, data: ConsentRequest, principal: Principal,
+                              service: ConsentService, idempotency_key: IdempotencyKey = None,
+                              if_match: IfMatch = None, sec_gpc: SecGpc = None) -> SubjectConsentsView:
+        require_subject_access(principal, subject_id)
+        check_subject(subject_id)
+        expected = _expected_version(if_match)
+        gpc = _gpc(principal, sec_gpc)
+        idempotency = None
+        if idempotency_key is not None:
+            scope = f"{principal.kind}:{principal.id}:{subject_id}:{idempotency_key}"
+            request = msgspec.json.encode([data, expected, gpc])
+            idempotency = (hashlib.sha256(scope.encode()).hexdigest(), hashlib.sha256(request).hexdigest())
+        changes = [Change(purpose=c.purpose, action=c.action, partner=c.partner,
+                          scopes=tuple(c.scopes) if c.scopes is not None else None, expires_at=c.expires_at)
+                   for c in data.changes]
+        evidence = Evidence(**msgspec.structs.asdict(data.evidence)) if data.evidence else None
+        answer, _replayed = await service.change_consents(
+            subject_id, changes, data.source, evidence, principal.actor,
+            expected_version=expected, idempotency=idempotency, global_opt_out=gpc)
+        return answer
+
+    @get("/consents", summary="Current consents (the subject, or admin)")
+    async def get_consents(self, subject_id: str, principal: Principal, service: ConsentService,
+                           sec_gpc: SecGpc = None) -> SubjectConsentsView:
+        require_subject_access(principal, subject_id)
+        check_subject(subject_id)
+        if _gpc(principal, sec_gpc):
+            await service.record_global_opt_out(subject_id, "gpc", principal.actor)
+        return await service.subject_consents(subject_id)
+
+    @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)")
+    async def history(self, subject_id: str, principal: Principal, service: ConsentService,
+                      after: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
+                      limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryView:
+        require_subject_access(principal, subject_id)
+        check_subject(subject_id)
+        return await service.history(subject_id, after, limit)

@@ -1,0 +1,73 @@
+"""Ports: what the use cases need from the outside world."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Protocol
+from uuid import UUID
+
+from msgspec import Struct
+
+from consent.domain.catalog import Partner, Purpose, Scope
+from consent.domain.events import Event
+from consent.domain.subject import SubjectConsents
+
+
+class RecordedEvent(Struct, frozen=True):
+    """An event as the log holds it."""
+
+    event_id: UUID
+    stream_id: str
+    stream_version: int
+    position: int
+    event: Event
+    recorded_at: datetime
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class UnitOfWork(Protocol):
+    """One transaction: reads see the latest committed state, appends commit together or not at all."""
+
+    async def __aenter__(self) -> UnitOfWork: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def load_subject(self, subject_id: str) -> SubjectConsents: ...
+
+    async def save_subject(self, state: SubjectConsents, expected_version: int, events: list[Event],
+                           actor: str) -> list[RecordedEvent]:
+        """Append `events` to the subject's stream at `expected_version`; project `state` (already folded)."""
+        ...
+
+    async def load_purpose(self, purpose_id: str) -> tuple[Purpose | None, int]: ...
+
+    async def load_scope(self, scope_id: str) -> tuple[Scope | None, int]: ...
+
+    async def load_partner(self, partner_id: str) -> tuple[Partner | None, int]: ...
+
+    async def save_catalog_entity(self, stream_id: str, expected_version: int, events: list[Event],
+                                  entity: Purpose | Scope | Partner, actor: str) -> list[RecordedEvent]: ...
+
+    async def read_stream(self, stream_id: str, after: int, limit: int) -> list[RecordedEvent]: ...
+
+    async def idempotent_answer(self, key: str) -> tuple[str, Any] | None:
+        """The (request hash, answer) first stored under `key`, if any."""
+        ...
+
+    async def remember_answer(self, key: str, request_hash: str, answer: Any) -> None: ...
+
+
+class EventBus(Protocol):
+    """Where committed events go after commit."""
+
+    async def publish(self, events: list[RecordedEvent]) -> None: ...

@@ -1,0 +1,179 @@
+"""Use cases: load a stream, run a domain command, append with the expected version, publish after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from consent.app.ports import Clock, EventBus, RecordedEvent, UnitOfWork
+from consent.app.views import HistoryView, SubjectConsentsView, history_event, subject_view
+from consent.domain import catalog as cat
+from consent.domain.catalog import Catalog, Partner, Purpose, Scope
+from consent.domain.errors import DomainError, NotFound, VersionConflict
+from consent.domain.events import Event, Evidence, GlobalOptOutRecorded, Source
+from consent.domain.subject import Change, SubjectConsents, change_consents
+
+T = TypeVar("T")
+Entity = TypeVar("Entity", Purpose, Scope, Partner)
+PartnerCommand = Literal["suspend", "reinstate", "terminate"]
+
+# A command without If-Match that loses a race is re-run on fresh state this many times.
+ATTEMPTS = 3
+
+
+class Written(msgspec.Struct):
+    """A catalog entity after a command, whether the command changed it, and where the log stands."""
+
+    entity: Any
+    created: bool
+    position: int | None
+
+
+class ConsentService:
+    def __init__(self, unit_of_work: Callable[[], UnitOfWork], bus: EventBus, clock: Clock,
+                 catalog: Catalog) -> None:
+        self._unit_of_work = unit_of_work
+        self._bus = bus
+        self._clock = clock
+        self.catalog = catalog
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], retry: bool = True) -> T:
+        for remaining in range(ATTEMPTS - 1, -1, -1):
+            try:
+                return await attempt()
+            except VersionConflict:
+                if not retry or remaining == 0:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _after_commit(self, recorded: list[RecordedEvent]) -> None:
+        for item in recorded:
+            if not item.stream_id.startswith("subject:"):
+                self.catalog.apply(item.event)
+        await self._bus.publish(recorded)
+
+    # Catalog
+
+    async def put_purpose(self, purpose_id: str, spec: cat.PurposeSpec, material_change: bool,
+                          actor: str) -> Written:
+        return await self._write_catalog(
+            f"purpose:{purpose_id}", lambda uow: uow.load_purpose(purpose_id),
+            lambda current: cat.define_purpose(current, purpose_id, spec, material_change, self._clock.now()),
+            lambda catalog: catalog.purposes[purpose_id], actor)
+
+    async def retire_purpose(self, purpose_id: str, actor: str) -> Written:
+        return await self._write_catalog(
+            f"purpose:{purpose_id}", lambda uow: uow.load_purpose(purpose_id),
+            lambda current: cat.retire_purpose(_existing(current, "purpose", purpose_id), self._clock.now()),
+            lambda catalog: catalog.purposes[purpose_id], actor)
+
+    async def put_scope(self, scope_id: str, spec: cat.ScopeSpec, actor: str) -> Written:
+        return await self._write_catalog(
+            f"scope:{scope_id}", lambda uow: uow.load_scope(scope_id),
+            lambda current: cat.define_scope(current, scope_id, spec, self._clock.now()),
+            lambda catalog: catalog.scopes[scope_id], actor)
+
+    async def put_partner(self, partner_id: str, spec: cat.PartnerSpec, actor: str) -> Written:
+        return await self._write_catalog(
+            f"partner:{partner_id}", lambda uow: uow.load_partner(partner_id),
+            lambda current: cat.register_partner(current, partner_id, spec, self.catalog, self._clock.now()),
+            lambda catalog: catalog.partners[partner_id], actor)
+
+    async def change_partner_status(self, partner_id: str, command: PartnerCommand, actor: str) -> Written:
+        decide = {"suspend": cat.suspend_partner, "reinstate": cat.reinstate_partner,
+                  "terminate": cat.terminate_partner}[command]
+        return await self._write_catalog(
+            f"partner:{partner_id}", lambda uow: uow.load_partner(partner_id),
+            lambda current: decide(_existing(current, "partner", partner_id), self._clock.now()),
+            lambda catalog: catalog.partners[partner_id], actor)
+
+    async def _write_catalog(self, stream_id: str, load: Callable[[UnitOfWork], Awaitable[tuple[Any, int]]],
+                             decide: Callable[[Any], list[Event]], pick: Callable[[Catalog], Any],
+                             actor: str) -> Written:
+        async def attempt() -> Written:
+            async with self._unit_of_work() as uow:
+                current, stream_version = await load(uow)
+                new_events = decide(current)
+                if not new_events:
+                    return Written(entity=current, created=False, position=None)
+                # Fold onto a scratch catalog holding just this entity, to project its new state.
+                scratch = Catalog()
+                if current is not None:
+                    _put(scratch, current)
+                for event in new_events:
+                    scratch.apply(event)
+                entity = pick(scratch)
+                recorded = await uow.save_catalog_entity(stream_id, stream_version, new_events, entity, actor)
+                await uow.commit()
+            await self._after_commit(recorded)
+            return Written(entity=entity, created=current is None, position=recorded[-1].position)
+
+        return await self._retrying(attempt)
+
+    # Subjects
+
+    async def change_consents(self, subject_id: str, changes: list[Change], source: Source,
+                              evidence: Evidence | None, actor: str, *, expected_version: int | None = None,
+                              idempotency: tuple[str, str] | None = None,
+                              global_opt_out: bool = False) -> tuple[SubjectConsentsView, bool]:
+        """Apply all changes or none. Returns the answer and whether it is a replay of an earlier one."""
+
+        async def attempt() -> tuple[SubjectConsentsView, bool]:
+            async with self._unit_of_work() as uow:
+                if idempotency is not None:
+                    earlier = await uow.idempotent_answer(idempotency[0])
+                    if earlier is not None:
+                        if earlier[0] != idempotency[1]:
+                            raise DomainError("idempotency_key_reused",
+                                              "this Idempotency-Key was used with another request body")
+                        return msgspec.convert(earlier[1], SubjectConsentsView), True
+                state = await uow.load_subject(subject_id)
+                if expected_version is not None and state.version != expected_version:
+                    raise VersionConflict(f"subject:{subject_id}", expected_version)
+                version_before = state.version
+                now = self._clock.now()
+                new_events = change_consents(state, self.catalog, changes, source, evidence, now)
+                if global_opt_out and not state.global_opt_out:
+                    new_events.append(GlobalOptOutRecorded(occurred_at=now, source=source))
+                for event in new_events:
+                    state.apply(event)
+                recorded = await uow.save_subject(state, version_before, new_events, actor) if new_events else []
+                answer = subject_view(state, now)
+                if idempotency is not None:
+                    await uow.remember_answer(idempotency[0], idempotency[1], msgspec.to_builtins(answer))
+                await uow.commit()
+            await self._after_commit(recorded)
+            return answer, False
+
+        return await self._retrying(attempt, retry=expected_version is None)
+
+    async def record_global_opt_out(self, subject_id: str, source: Source, actor: str) -> None:
+        await self.change_consents(subject_id, [], source, None, actor, global_opt_out=True)
+
+    async def subject_consents(self, subject_id: str) -> SubjectConsentsView:
+        async with self._unit_of_work() as uow:
+            state = await uow.load_subject(subject_id)
+        return subject_view(state, self._clock.now())
+
+    async def history(self, subject_id: str, after: int, limit: int) -> HistoryView:
+        async with self._unit_of_work() as uow:
+            recorded = await uow.read_stream(f"subject:{subject_id}", after, limit)
+        return HistoryView(subject_id=subject_id, events=[history_event(r) for r in recorded],
+                           next_after=recorded[-1].position if len(recorded) == limit else None)
+
+
+def _existing(entity: Entity | None, what: str, ident: str) -> Entity:
+    if entity is None:
+        raise NotFound(what, ident)
+    return entity
+
+
+def _put(catalog: Catalog, entity: Purpose | Scope | Partner) -> None:
+    if isinstance(entity, Purpose):
+        catalog.purposes[entity.id] = entity
+    elif isinstance(entity, Scope):
+        catalog.scopes[entity.id] = entity
+    else:
+        catalog.partners[entity.id] = entity

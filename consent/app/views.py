@@ -1,0 +1,111 @@
+"""What the use cases answer: the wire shapes of API.md, as msgspec Structs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from msgspec import Struct
+
+from consent.app.ports import RecordedEvent
+from consent.domain.catalog import Partner, Purpose, Scope
+from consent.domain.events import event_data, event_type
+from consent.domain.subject import SubjectConsents
+
+
+class PurposeView(Struct):
+    id: str
+    title: str
+    description: str
+    legal_basis: str
+    retention: str
+    sale_or_sharing: bool
+    version: int
+    status: str
+
+
+class ScopeView(Struct):
+    id: str
+    title: str
+    description: str
+    sensitivity: str
+
+
+class PartnerView(Struct):
+    id: str
+    name: str
+    status: str
+    data_uses: dict[str, list[str]]
+    contract_ends_at: datetime | None
+
+
+class ConsentView(Struct):
+    purpose: str
+    partner: str | None
+    scopes: list[str] | None
+    status: str
+    expires_at: datetime | None
+    purpose_version: int
+    updated_at: datetime
+
+
+class SubjectConsentsView(Struct):
+    subject_id: str
+    version: int
+    position: int
+    consents: list[ConsentView]
+    global_opt_out: bool
+
+
+class HistoryEvent(Struct):
+    event_id: UUID
+    type: str
+    stream_version: int
+    position: int
+    occurred_at: datetime
+    data: dict[str, Any]
+
+
+class HistoryView(Struct):
+    subject_id: str
+    events: list[HistoryEvent]
+    next_after: int | None
+
+
+def purpose_view(purpose: Purpose) -> PurposeView:
+    return PurposeView(id=purpose.id, title=purpose.title, description=purpose.description,
+                       legal_basis=purpose.legal_basis, retention=purpose.retention,
+                       sale_or_sharing=purpose.sale_or_sharing, version=purpose.version, status=purpose.status)
+
+
+def scope_view(scope: Scope) -> ScopeView:
+    return ScopeView(id=scope.id, title=scope.title, description=scope.description, sensitivity=scope.sensitivity)
+
+
+def partner_view(partner: Partner) -> PartnerView:
+    return PartnerView(id=partner.id, name=partner.name, status=partner.status,
+                       data_uses={k: list(v) for k, v in partner.data_uses.items()},
+                       contract_ends_at=partner.contract_ends_at)
+
+
+def subject_view(state: SubjectConsents, now: datetime) -> SubjectConsentsView:
+    records = sorted(state.records.values(), key=lambda r: (r.purpose, r.partner or ""))
+    return SubjectConsentsView(
+        subject_id=state.subject_id, version=state.version, position=state.position,
+        global_opt_out=state.global_opt_out,
+        consents=[
+            ConsentView(purpose=r.purpose, partner=r.partner, scopes=list(r.scopes) if r.scopes is not None else None,
+                        status=r.status_at(now), expires_at=r.expires_at, purpose_version=r.purpose_version,
+                        updated_at=r.updated_at)
+            for r in records
+        ],
+    )
+
+
+def history_event(recorded: RecordedEvent) -> HistoryEvent:
+    data = event_data(recorded.event)
+    data.pop("occurred_at", None)
+    return HistoryEvent(event_id=recorded.event_id, type=event_type(recorded.event),
+                        stream_version=recorded.stream_version, position=recorded.position,
+                        occurred_at=recorded.event.occurred_at, data=data)

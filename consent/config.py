@@ -1,0 +1,36 @@
+"""Settings from the environment (API.md "Configuration")."""
+
+from __future__ import annotations
+
+import os
+
+from msgspec import Struct
+
+EMBEDDED_DATABASE_URL = "sqlite+aiosqlite:///./consent.db"
+
+
+class Settings(Struct, frozen=True):
+    database_url: str = EMBEDDED_DATABASE_URL
+    nats_url: str | None = None
+    admin_keys: tuple[str, ...] = ()
+    user_token_secret: str | None = None
+    token_ttl: int = 900
+    partner_rate_limit: int = 1000
+    event_source: str = "/consent"
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            database_url=env.get("CONSENT_DATABASE_URL") or EMBEDDED_DATABASE_URL,
+            nats_url=env.get("CONSENT_NATS_URL") or None,
+            admin_keys=tuple(k.strip() for k in env.get("CONSENT_ADMIN_KEYS", "").split(",") if k.strip()),
+            user_token_secret=env.get("CONSENT_USER_TOKEN_SECRET") or None,
+            token_ttl=int(env.get("CONSENT_TOKEN_TTL", "900")),
+            partner_rate_limit=int(env.get("CONSENT_PARTNER_RATE_LIMIT", "1000")),
+            event_source=env.get("CONSENT_EVENT_SOURCE", "/consent"),
+        )

@@ -1,0 +1,140 @@
+"""Domain events: immutable facts, one Struct per type, tagged with their wire type.
+
+The tag (`subject.granted`, `purpose.defined`, ...) is the event type stored in the
+log and, prefixed with `io.consent.v1.`, the CloudEvents type.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Union
+
+import msgspec
+from msgspec import Struct
+
+LegalBasis = Literal["consent", "legitimate_interest", "contract", "legal_obligation"]
+Sensitivity = Literal["low", "medium", "high"]
+Source = Literal["web", "app", "api", "gpc", "admin"]
+PartnerStatus = Literal["sandbox", "active", "suspended", "terminated"]
+
+
+class Evidence(Struct, frozen=True, forbid_unknown_fields=True):
+    collection_point: str | None = None
+    text_shown: str | None = None
+
+
+class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
+    occurred_at: datetime
+
+
+# Subject stream: `subject:<subject_id>`
+
+
+class SubjectChange(Event, frozen=True, kw_only=True):
+    purpose: str
+    partner: str | None
+    scopes: tuple[str, ...] | None
+    purpose_version: int
+    source: Source
+    evidence: Evidence | None = None
+
+
+class ConsentGranted(SubjectChange, frozen=True, tag="subject.granted"):
+    expires_at: datetime | None = None
+
+
+class ConsentWithdrawn(SubjectChange, frozen=True, tag="subject.withdrawn"):
+    reason: str | None = None
+
+
+class ConsentExpired(SubjectChange, frozen=True, tag="subject.expired"):
+    expires_at: datetime
+
+
+class ObjectionRecorded(SubjectChange, frozen=True, tag="subject.objected"):
+    pass
+
+
+class GlobalOptOutRecorded(Event, frozen=True, tag="subject.global_opt_out"):
+    source: Source
+
+
+class SubjectErased(Event, frozen=True, tag="subject.erased"):
+    pass
+
+
+# Catalog streams: `purpose:<id>`, `scope:<id>`, `partner:<id>`
+
+
+class PurposeDefined(Event, frozen=True, tag="purpose.defined"):
+    purpose_id: str
+    title: str
+    description: str
+    legal_basis: LegalBasis
+    retention: str
+    sale_or_sharing: bool
+    version: int
+
+
+class PurposeRevised(PurposeDefined, frozen=True, tag="purpose.revised"):
+    material: bool
+
+
+class PurposeRetired(Event, frozen=True, tag="purpose.retired"):
+    purpose_id: str
+
+
+class ScopeDefined(Event, frozen=True, tag="scope.defined"):
+    scope_id: str
+    title: str
+    description: str
+    sensitivity: Sensitivity
+
+
+class PartnerRegistered(Event, frozen=True, tag="partner.registered"):
+    partner_id: str
+    name: str
+    status: Literal["sandbox", "active"]
+    data_uses: dict[str, tuple[str, ...]]
+    contract_ends_at: datetime | None
+
+
+class PartnerUpdated(PartnerRegistered, frozen=True, tag="partner.updated"):
+    pass
+
+
+class PartnerSuspended(Event, frozen=True, tag="partner.suspended"):
+    partner_id: str
+
+
+class PartnerReinstated(Event, frozen=True, tag="partner.reinstated"):
+    partner_id: str
+
+
+class PartnerTerminated(Event, frozen=True, tag="partner.terminated"):
+    partner_id: str
+
+
+AnyEvent = Union[
+    ConsentGranted, ConsentWithdrawn, ConsentExpired, ObjectionRecorded, GlobalOptOutRecorded,
+    SubjectErased, PurposeDefined, PurposeRevised, PurposeRetired, ScopeDefined,
+    PartnerRegistered, PartnerUpdated, PartnerSuspended, PartnerReinstated, PartnerTerminated,
+]
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+}
+
+
+def event_type(event: Event) -> str:
+    return event.__struct_config__.tag  # type: ignore[return-value]
+
+
+def event_data(event: Event) -> dict:
+    """The event's fields, without the type tag, as JSON-ready builtins."""
+    data = msgspec.to_builtins(event)
+    data.pop("type", None)
+    return data
+
+
+def event_from_data(type_: str, data: dict) -> Event:
+    return msgspec.convert(data, EVENT_TYPES[type_], strict=False)

@@ -1,0 +1,126 @@
+"""Shared fixtures. Store and HTTP tests run on both real PostgreSQL and the embedded SQLite default.
+
+PostgreSQL: a fresh database per test run, created on the server named by
+CONSENT_TEST_POSTGRES_URL (default: the local server, trust auth) and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+import jwt
+import pytest
+import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from consent.adapters import migrate
+from consent.adapters.tables import metadata
+from consent.api.app import create_app
+from consent.config import Settings
+
+POSTGRES_URL = os.environ.get("CONSENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_KEY = "test-admin-key-0123456789"
+USER_TOKEN_SECRET = "test-user-token-secret-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+BACKENDS = ["sqlite", "postgresql"]
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.current = now or datetime(2026, 3, 3, 12, 0, tzinfo=timezone.utc)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, **delta: float) -> None:
+        self.current += timedelta(**delta)
+
+
+def user_headers(subject_id: str, ttl: int = 300, secret: str = USER_TOKEN_SECRET) -> dict[str, str]:
+    token = jwt.encode({"sub": subject_id, "exp": int(time.time()) + ttl}, secret, algorithm="HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def create_postgres_database() -> str:
+    name = f"consent_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = sa.make_url(POSTGRES_URL)
+    return base.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+
+
+async def drop_postgres_database(url: str) -> None:
+    name = sa.make_url(url).database
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    url = await create_postgres_database()
+    await asyncio.to_thread(migrate.upgrade, url)
+    yield url
+    await drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("embedded") / "consent.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    return url
+
+
+async def empty_tables(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            names = [t.name for t in reversed(metadata.sorted_tables)]
+            if engine.dialect.name == "postgresql":
+                await conn.execute(sa.text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
+            else:
+                for name in names:
+                    await conn.execute(sa.text(f"DELETE FROM {name}"))
+                await conn.execute(sa.text("DELETE FROM sqlite_sequence"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database on each backend in turn."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    await empty_tables(url)
+    return url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
+    async with AsyncTestClient(create_app(settings)) as test_client:
+        yield test_client
