@@ -72,7 +72,7 @@ async def drop_postgres_database(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-async def postgres_url() -> AsyncIterator[str]:
+async def postgresql_url() -> AsyncIterator[str]:
     url = await create_postgres_database()
     await asyncio.to_thread(migrate.upgrade, url)
     yield url
@@ -103,11 +103,16 @@ async def empty_tables(url: str) -> None:
 
 
 @pytest.fixture(params=BACKENDS)
-async def database_url(request: pytest.FixtureRequest) -> str:
-    """A migrated, empty database on each backend in turn."""
-    url = request.getfixturevalue(f"{request.param}_url")
-    await empty_tables(url)
-    return url
+def migrated_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database on each backend in turn."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+async def database_url(migrated_url: str) -> str:
+    """The same, emptied for this test."""
+    await empty_tables(migrated_url)
+    return migrated_url
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 
 from consent.adapters import migrate
 from consent.adapters.database import Database
@@ -70,7 +70,7 @@ async def _run_sync(fn, *args) -> None:
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Litestar:
     container = Container(settings or Settings.from_env(), clock or SystemClock())
 
-    def principal(authorization: Annotated[str | None, Parameter(header="Authorization", required=False,
+    def principal(authorization: Annotated[str | None, HeaderParameter(name="Authorization", required=False,
                                                                  include_in_schema=False)] = None) -> Principal:
         return container.authenticator.authenticate(authorization)
 

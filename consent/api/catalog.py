@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get, post, put
+from litestar.params import FromPath, JSONBody
+from litestar.di import NamedDependency
 
 from consent.api.auth import Principal, require_admin
 from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
@@ -23,8 +25,8 @@ class PurposeController(Controller):
 
     @put("/{purpose_id:str}", summary="Define or revise a purpose (admin)",
          responses={201: None}, status_code=200)
-    async def put_purpose(self, purpose_id: str, data: PurposeIn, principal: Principal,
-                          service: ConsentService) -> Response[PurposeView]:
+    async def put_purpose(self, purpose_id: FromPath[str], data: JSONBody[PurposeIn], principal: NamedDependency[Principal],
+                          service: NamedDependency[ConsentService]) -> Response[PurposeView]:
         require_admin(principal)
         check_slug(purpose_id, "purpose")
         spec = cat.PurposeSpec(title=data.title, description=data.description, legal_basis=data.legal_basis,
@@ -33,15 +35,15 @@ class PurposeController(Controller):
         return _written(written, purpose_view)
 
     @get("/", summary="List purposes (any authenticated caller)")
-    async def list_purposes(self, principal: Principal, service: ConsentService) -> list[PurposeView]:
+    async def list_purposes(self, principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PurposeView]:
         return [purpose_view(p) for _, p in sorted(service.catalog.purposes.items())]
 
     @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)")
-    async def get_purpose(self, purpose_id: str, principal: Principal, service: ConsentService) -> PurposeView:
+    async def get_purpose(self, purpose_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
         return purpose_view(service.catalog.purpose(purpose_id))
 
     @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200)
-    async def retire_purpose(self, purpose_id: str, principal: Principal, service: ConsentService) -> PurposeView:
+    async def retire_purpose(self, purpose_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
         require_admin(principal)
         check_slug(purpose_id, "purpose")
         return purpose_view((await service.retire_purpose(purpose_id, principal.actor)).entity)
@@ -52,19 +54,19 @@ class ScopeController(Controller):
     tags = ["catalog"]
 
     @put("/{scope_id:str}", summary="Define a scope (admin)", responses={201: None}, status_code=200)
-    async def put_scope(self, scope_id: str, data: ScopeIn, principal: Principal,
-                        service: ConsentService) -> Response[ScopeView]:
+    async def put_scope(self, scope_id: FromPath[str], data: JSONBody[ScopeIn], principal: NamedDependency[Principal],
+                        service: NamedDependency[ConsentService]) -> Response[ScopeView]:
         require_admin(principal)
         check_scope(scope_id)
         spec = cat.ScopeSpec(title=data.title, description=data.description, sensitivity=data.sensitivity)
         return _written(await service.put_scope(scope_id, spec, principal.actor), scope_view)
 
     @get("/", summary="List scopes (any authenticated caller)")
-    async def list_scopes(self, principal: Principal, service: ConsentService) -> list[ScopeView]:
+    async def list_scopes(self, principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[ScopeView]:
         return [scope_view(s) for _, s in sorted(service.catalog.scopes.items())]
 
     @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)")
-    async def get_scope(self, scope_id: str, principal: Principal, service: ConsentService) -> ScopeView:
+    async def get_scope(self, scope_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> ScopeView:
         scope = service.catalog.scopes.get(scope_id)
         if scope is None:
             raise NotFound("scope", scope_id)
@@ -77,8 +79,8 @@ class PartnerController(Controller):
 
     @put("/{partner_id:str}", summary="Register or update a partner (admin)", responses={201: None},
          status_code=200)
-    async def put_partner(self, partner_id: str, data: PartnerIn, principal: Principal,
-                          service: ConsentService) -> Response[PartnerView]:
+    async def put_partner(self, partner_id: FromPath[str], data: JSONBody[PartnerIn], principal: NamedDependency[Principal],
+                          service: NamedDependency[ConsentService]) -> Response[PartnerView]:
         require_admin(principal)
         check_slug(partner_id, "partner")
         spec = cat.PartnerSpec(name=data.name, status=data.status,
@@ -87,26 +89,26 @@ class PartnerController(Controller):
         return _written(await service.put_partner(partner_id, spec, principal.actor), partner_view)
 
     @get("/", summary="List partners (admin)")
-    async def list_partners(self, principal: Principal, service: ConsentService) -> list[PartnerView]:
+    async def list_partners(self, principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PartnerView]:
         require_admin(principal)
         return [partner_view(p) for _, p in sorted(service.catalog.partners.items())]
 
     @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)")
-    async def get_partner(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+    async def get_partner(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         if not (principal.kind == "partner" and principal.id == partner_id):
             require_admin(principal)
         return partner_view(service.catalog.partner(partner_id))
 
     @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200)
-    async def suspend(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+    async def suspend(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         return await _change_status(partner_id, "suspend", principal, service)
 
     @post("/{partner_id:str}/reinstate", summary="Reinstate a suspended partner (admin)", status_code=200)
-    async def reinstate(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+    async def reinstate(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         return await _change_status(partner_id, "reinstate", principal, service)
 
     @post("/{partner_id:str}/terminate", summary="Terminate a partner, finally (admin)", status_code=200)
-    async def terminate(self, partner_id: str, principal: Principal, service: ConsentService) -> PartnerView:
+    async def terminate(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         return await _change_status(partner_id, "terminate", principal, service)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 
 @get("/health/live", tags=["operations"], summary="The process answers")
@@ -13,7 +14,7 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready", tags=["operations"], summary="The database (and NATS, when configured) answer")
-async def ready(readiness: Callable[[], Awaitable[dict[str, bool]]]) -> Response[dict[str, object]]:
+async def ready(readiness: NamedDependency[Callable[[], Awaitable[dict[str, bool]]]]) -> Response[dict[str, object]]:
     checks = await readiness()
     ok = all(checks.values())
     return Response({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
+from litestar.di import NamedDependency
 
 from consent.api.auth import Principal, require_subject_access
 from consent.api.errors import problem
@@ -21,9 +22,9 @@ from consent.domain.subject import Change
 
 _ETAG = re.compile(r'(?:W/)?"?(\d{1,10})"?')
 
-IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=200, required=False)]
-IfMatch = Annotated[str | None, Parameter(header="If-Match", max_length=40, required=False)]
-SecGpc = Annotated[str | None, Parameter(header="Sec-GPC", max_length=8, required=False)]
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=200, required=False)]
+IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", max_length=40, required=False)]
+SecGpc = Annotated[str | None, HeaderParameter(name="Sec-GPC", max_length=8, required=False)]
 
 
 def _expected_version(if_match: str | None) -> int | None:
@@ -35,7 +36,7 @@ def _expected_version(if_match: str | None) -> int | None:
     return int(match.group(1))
 
 
-def _gpc(principal: Principal, sec_gpc: str | None) -> bool:
+def _gpc(principal: NamedDependency[Principal], sec_gpc: str | None) -> bool:
     """Global Privacy Control counts when the end user's own agent sends it."""
     return principal.kind == "user" and (sec_gpc or "").strip() == "1"
 
@@ -45,8 +46,8 @@ class SubjectController(Controller):
     tags = ["consents"]
 
     @post("/consents", status_code=200, summary="Change consents, all or nothing (the subject, or admin)")
-    async def change_consents(self, subject_id: str, data: ConsentRequest, principal: Principal,
-                              service: ConsentService, idempotency_key: IdempotencyKey = None,
+    async def change_consents(self, subject_id: FromPath[str], data: JSONBody[ConsentRequest], principal: NamedDependency[Principal],
+                              service: NamedDependency[ConsentService], idempotency_key: IdempotencyKey = None,
                               if_match: IfMatch = None, sec_gpc: SecGpc = None) -> SubjectConsentsView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
@@ -67,7 +68,7 @@ class SubjectController(Controller):
         return answer
 
     @get("/consents", summary="Current consents (the subject, or admin)")
-    async def get_consents(self, subject_id: str, principal: Principal, service: ConsentService,
+    async def get_consents(self, subject_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
                            sec_gpc: SecGpc = None) -> SubjectConsentsView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
@@ -76,7 +77,7 @@ class SubjectController(Controller):
         return await service.subject_consents(subject_id)
 
     @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)")
-    async def history(self, subject_id: str, principal: Principal, service: ConsentService,
+    async def history(self, subject_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
                       after: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
                       limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryView:
         require_subject_access(principal, subject_id)

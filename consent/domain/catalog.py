@@ -143,13 +143,13 @@ def define_purpose(current: Purpose | None, purpose_id: str, spec: PurposeSpec, 
     )
     if current is None:
         return [PurposeDefined(occurred_at=now, version=1, **fields)]
-    if current.status == "retired":
-        raise Conflict("purpose_retired", f"purpose {purpose_id!r} is retired and cannot be revised")
     unchanged = (current.title, current.description, current.legal_basis, current.retention,
                  current.sale_or_sharing) == (spec.title, spec.description, spec.legal_basis,
                                               spec.retention, spec.sale_or_sharing)
     if unchanged:
         return []
+    if current.status == "retired":
+        raise Conflict("purpose_retired", f"purpose {purpose_id!r} is retired and cannot be revised")
     return [PurposeRevised(occurred_at=now, version=current.version + 1, material=material_change, **fields)]
 
 

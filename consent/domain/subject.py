@@ -146,11 +146,14 @@ def _change_event(records: dict[Key, ConsentRecord], catalog: Catalog, change: C
             raise DomainError("validation_failed", "expires_at must be in the future")
     common = dict(occurred_at=now, purpose=purpose.id, partner=change.partner, purpose_version=purpose.version,
                   source=source, evidence=evidence)
+    current = records.get((purpose.id, change.partner))
     if change.action == "grant":
+        if current is not None and current.status_at(now) == "granted":
+            # Granting more adds to what is granted; the event carries the whole grant.
+            scopes = None if scopes is None or current.scopes is None else tuple(sorted({*current.scopes, *scopes}))
         return ConsentGranted(scopes=scopes, expires_at=change.expires_at, **common)
     if change.action == "object":
         return ObjectionRecorded(scopes=scopes, **common)
-    current = records.get((purpose.id, change.partner))
     if current is None or current.status_at(now) != "granted":
         return None  # nothing granted: withdrawing is already true
     return ConsentWithdrawn(scopes=_withdrawn_scopes(current, scopes), **common)

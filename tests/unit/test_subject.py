@@ -448,8 +448,14 @@ def test_changes_fold_in_order(changes, expected_types, final):
     assert state.version == len(expected_types)
 
 
-def test_later_grant_replaces_earlier_scopes():
+def test_later_grant_adds_to_earlier_scopes():
     state = subject(grant(scopes=("profile",)), grant(scopes=("location",)))
+    assert state.records[("marketing", None)].scopes == ("location", "profile")
+
+
+def test_grant_after_withdrawal_starts_afresh():
+    state = subject(grant(scopes=("profile",)), Change(purpose="marketing", action="withdraw"),
+                    grant(scopes=("location",)))
     assert state.records[("marketing", None)].scopes == ("location",)
 
 
