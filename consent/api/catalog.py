@@ -7,6 +7,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.di import NamedDependency
 
 from consent.api.auth import Principal, require_admin
+from consent.api.errors import ERRORS, created
 from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
 from consent.app.services import ConsentService, Written
 from consent.app.views import PartnerView, PurposeView, ScopeView, partner_view, purpose_view, scope_view
@@ -24,7 +25,7 @@ class PurposeController(Controller):
     tags = ["catalog"]
 
     @put("/{purpose_id:str}", summary="Define or revise a purpose (admin)",
-         responses={201: None}, status_code=200)
+         responses=created(PurposeView), status_code=200)
     async def put_purpose(self, purpose_id: FromPath[str], data: JSONBody[PurposeIn], principal: NamedDependency[Principal],
                           service: NamedDependency[ConsentService]) -> Response[PurposeView]:
         require_admin(principal)
@@ -34,16 +35,20 @@ class PurposeController(Controller):
         written = await service.put_purpose(purpose_id, spec, data.material_change, principal.actor)
         return _written(written, purpose_view)
 
-    @get("/", summary="List purposes (any authenticated caller)")
-    async def list_purposes(self, principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PurposeView]:
+    @get("/", summary="List purposes (any authenticated caller)", responses=ERRORS)
+    async def list_purposes(self, 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PurposeView]:
         return [purpose_view(p) for _, p in sorted(service.catalog.purposes.items())]
 
-    @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)")
-    async def get_purpose(self, purpose_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
+    @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)", responses=ERRORS)
+    async def get_purpose(self, purpose_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
         return purpose_view(service.catalog.purpose(purpose_id))
 
-    @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200)
-    async def retire_purpose(self, purpose_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
+    @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200,
+          responses=ERRORS)
+    async def retire_purpose(self, purpose_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
         require_admin(principal)
         check_slug(purpose_id, "purpose")
         return purpose_view((await service.retire_purpose(purpose_id, principal.actor)).entity)
@@ -53,7 +58,7 @@ class ScopeController(Controller):
     path = "/v1/scopes"
     tags = ["catalog"]
 
-    @put("/{scope_id:str}", summary="Define a scope (admin)", responses={201: None}, status_code=200)
+    @put("/{scope_id:str}", summary="Define a scope (admin)", responses=created(ScopeView), status_code=200)
     async def put_scope(self, scope_id: FromPath[str], data: JSONBody[ScopeIn], principal: NamedDependency[Principal],
                         service: NamedDependency[ConsentService]) -> Response[ScopeView]:
         require_admin(principal)
@@ -61,12 +66,14 @@ class ScopeController(Controller):
         spec = cat.ScopeSpec(title=data.title, description=data.description, sensitivity=data.sensitivity)
         return _written(await service.put_scope(scope_id, spec, principal.actor), scope_view)
 
-    @get("/", summary="List scopes (any authenticated caller)")
-    async def list_scopes(self, principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[ScopeView]:
+    @get("/", summary="List scopes (any authenticated caller)", responses=ERRORS)
+    async def list_scopes(self, 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[ScopeView]:
         return [scope_view(s) for _, s in sorted(service.catalog.scopes.items())]
 
-    @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)")
-    async def get_scope(self, scope_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> ScopeView:
+    @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)", responses=ERRORS)
+    async def get_scope(self, scope_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> ScopeView:
         scope = service.catalog.scopes.get(scope_id)
         if scope is None:
             raise NotFound("scope", scope_id)
@@ -77,8 +84,7 @@ class PartnerController(Controller):
     path = "/v1/partners"
     tags = ["partners"]
 
-    @put("/{partner_id:str}", summary="Register or update a partner (admin)", responses={201: None},
-         status_code=200)
+    @put("/{partner_id:str}", summary="Register or update a partner (admin)", responses=created(PartnerView), status_code=200)
     async def put_partner(self, partner_id: FromPath[str], data: JSONBody[PartnerIn], principal: NamedDependency[Principal],
                           service: NamedDependency[ConsentService]) -> Response[PartnerView]:
         require_admin(principal)
@@ -88,27 +94,35 @@ class PartnerController(Controller):
                                contract_ends_at=data.contract_ends_at)
         return _written(await service.put_partner(partner_id, spec, principal.actor), partner_view)
 
-    @get("/", summary="List partners (admin)")
-    async def list_partners(self, principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PartnerView]:
+    @get("/", summary="List partners (admin)", responses=ERRORS)
+    async def list_partners(self, 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PartnerView]:
         require_admin(principal)
         return [partner_view(p) for _, p in sorted(service.catalog.partners.items())]
 
-    @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)")
-    async def get_partner(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)", responses=ERRORS)
+    async def get_partner(self, partner_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         if not (principal.kind == "partner" and principal.id == partner_id):
             require_admin(principal)
         return partner_view(service.catalog.partner(partner_id))
 
-    @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200)
-    async def suspend(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200,
+          responses=ERRORS)
+    async def suspend(self, partner_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         return await _change_status(partner_id, "suspend", principal, service)
 
-    @post("/{partner_id:str}/reinstate", summary="Reinstate a suspended partner (admin)", status_code=200)
-    async def reinstate(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    @post("/{partner_id:str}/reinstate", summary="Reinstate a suspended partner (admin)", status_code=200,
+          responses=ERRORS)
+    async def reinstate(self, partner_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         return await _change_status(partner_id, "reinstate", principal, service)
 
-    @post("/{partner_id:str}/terminate", summary="Terminate a partner, finally (admin)", status_code=200)
-    async def terminate(self, partner_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    @post("/{partner_id:str}/terminate", summary="Terminate a partner, finally (admin)", status_code=200,
+          responses=ERRORS)
+    async def terminate(self, partner_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
         return await _change_status(partner_id, "terminate", principal, service)
 
 

@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from msgspec import Struct
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -73,3 +75,33 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
         ConnectionError: _from_database,
         Exception: _from_unexpected,
     }))
+
+
+class Problem(Struct):
+    """RFC 9457 problem details, with this service's stable `code`."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+def _problem_spec(description: str) -> ResponseSpec:
+    return ResponseSpec(Problem, generate_examples=False, description=description,
+                        media_type="application/problem+json")
+
+
+# Documented on every route so that clients see the error shape in the OpenAPI document.
+ERRORS = {
+    400: _problem_spec("Malformed request"),
+    401: _problem_spec("Missing or invalid credentials"),
+    403: _problem_spec("The caller may not do this"),
+    404: _problem_spec("No such resource"),
+    409: _problem_spec("Version conflict, or an Idempotency-Key reused with another body"),
+    422: _problem_spec("Well-formed but refused by the rules"),
+}
+
+
+def created(view: type) -> dict[int, ResponseSpec]:
+    return {**ERRORS, 201: ResponseSpec(view, generate_examples=False, description="Created")}

@@ -12,7 +12,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 from litestar.di import NamedDependency
 
 from consent.api.auth import Principal, require_subject_access
-from consent.api.errors import problem
+from consent.api.errors import ERRORS, problem
 from consent.api.schemas import ConsentRequest
 from consent.app.services import ConsentService
 from consent.app.views import HistoryView, SubjectConsentsView
@@ -45,7 +45,7 @@ class SubjectController(Controller):
     path = "/v1/subjects/{subject_id:str}"
     tags = ["consents"]
 
-    @post("/consents", status_code=200, summary="Change consents, all or nothing (the subject, or admin)")
+    @post("/consents", status_code=200, summary="Change consents, all or nothing (the subject, or admin)", responses=ERRORS)
     async def change_consents(self, subject_id: FromPath[str], data: JSONBody[ConsentRequest], principal: NamedDependency[Principal],
                               service: NamedDependency[ConsentService], idempotency_key: IdempotencyKey = None,
                               if_match: IfMatch = None, sec_gpc: SecGpc = None) -> SubjectConsentsView:
@@ -67,8 +67,9 @@ class SubjectController(Controller):
             expected_version=expected, idempotency=idempotency, global_opt_out=gpc)
         return answer
 
-    @get("/consents", summary="Current consents (the subject, or admin)")
-    async def get_consents(self, subject_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
+    @get("/consents", summary="Current consents (the subject, or admin)", responses=ERRORS)
+    async def get_consents(self, subject_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
                            sec_gpc: SecGpc = None) -> SubjectConsentsView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
@@ -76,8 +77,9 @@ class SubjectController(Controller):
             await service.record_global_opt_out(subject_id, "gpc", principal.actor)
         return await service.subject_consents(subject_id)
 
-    @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)")
-    async def history(self, subject_id: FromPath[str], principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
+    @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)", responses=ERRORS)
+    async def history(self, subject_id: FromPath[str], 
+                principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
                       after: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
                       limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryView:
         require_subject_access(principal, subject_id)

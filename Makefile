@@ -1,0 +1,28 @@
+# Quick start: `make run` serves on the embedded default; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install install-dev openapi bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+run: install
+	$(BIN)/consent serve
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+openapi: install
+	$(BIN)/python -m consent.api.openapi_export > openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache consent.db consent.db-wal consent.db-shm

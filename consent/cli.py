@@ -1,0 +1,48 @@
+"""The `consent` command: serve the API, migrate the database."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from consent.adapters import migrate
+from consent.config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="consent", description="Consent management service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--migrate", action="store_true", help="upgrade the database schema first")
+    serve.add_argument("--workers", type=int, default=1)
+
+    db = commands.add_parser("db", help="database schema migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+
+    if args.command == "db":
+        if args.action == "upgrade":
+            migrate.upgrade(settings.database_url, args.revision or "head")
+        else:
+            migrate.downgrade(settings.database_url, args.revision or "base")
+        return 0
+
+    if args.migrate and not settings.embedded:
+        migrate.upgrade(settings.database_url)
+    import uvicorn
+
+    uvicorn.run("consent.api.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, access_log=False, log_level="info", loop="auto", http="auto")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
