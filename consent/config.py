@@ -17,6 +17,9 @@ class Settings(Struct, frozen=True):
     token_ttl: int = 900
     partner_rate_limit: int = 1000
     event_source: str = "/consent"
+    # Signs partner access tokens; replicas must share it. Unset: a random key per process.
+    token_signing_key: str | None = None
+    subject_cache_size: int = 100_000
 
     @property
     def embedded(self) -> bool:
@@ -33,4 +36,6 @@ class Settings(Struct, frozen=True):
             token_ttl=int(env.get("CONSENT_TOKEN_TTL", "900")),
             partner_rate_limit=int(env.get("CONSENT_PARTNER_RATE_LIMIT", "1000")),
             event_source=env.get("CONSENT_EVENT_SOURCE", "/consent"),
+            token_signing_key=env.get("CONSENT_TOKEN_SIGNING_KEY") or None,
+            subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
         )

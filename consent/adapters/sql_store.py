@@ -241,3 +241,18 @@ class SqlUnitOfWork:
             # Another request with this key committed first; this one rolls back whole.
             raise Conflict("idempotency_key_in_flight",
                            "a request with this Idempotency-Key was processed concurrently; retry it") from None
+
+
+class SqlSubjectReader:
+    """Reads for the decision path: one indexed query per batch of subjects."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def load_subjects(self, subject_ids: list[str]) -> dict[str, SubjectConsents]:
+        async with self._database.reading() as conn:
+            return await load_subjects(conn, subject_ids)
+
+    async def head_position(self) -> int:
+        async with self._database.reading() as conn:
+            return await head_position(conn)

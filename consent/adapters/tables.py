@@ -113,3 +113,13 @@ idempotency_keys = sa.Table(
     sa.Column("response", Json, nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
+
+# Partner client credentials; the secret is kept only as an argon2 hash.
+partner_credentials = sa.Table(
+    "partner_credentials", metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("partner_id", sa.String(64), nullable=False, index=True),
+    sa.Column("secret_hash", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Annotated
 
 from litestar import Litestar
@@ -14,13 +15,19 @@ from litestar.params import HeaderParameter, Parameter
 from consent.adapters import migrate
 from consent.adapters.database import Database
 from consent.adapters.memory_bus import InProcessBus
-from consent.adapters.sql_store import SqlUnitOfWork, load_catalog
+from consent.adapters.sql_credentials import SqlCredentialStore
+from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_catalog
 from consent.api import health
 from consent.api.auth import Authenticator, Principal
 from consent.api.catalog import PartnerController, PurposeController, ScopeController
+from consent.api.decisions import DecisionController, PermissionController
 from consent.api.errors import problem_details_plugin
+from consent.api.partner_access import CredentialController, token
 from consent.api.subjects import SubjectController
+from consent.app.decisions import DecisionService
+from consent.app.partner_access import PartnerAccess
 from consent.app.ports import Clock, SystemClock
+from consent.app.read_model import SubjectCache
 from consent.app.services import ConsentService
 from consent.config import Settings
 
@@ -32,22 +39,42 @@ API_VERSION = "1.0.0"
 class Container:
     """The process's adapters and services, built at start-up."""
 
+    service: ConsentService
+    decisions: DecisionService
+    partner_access: PartnerAccess
+    authenticator: Authenticator
+
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
         self.database = Database(settings.database_url)
         self.bus = InProcessBus()
-        self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret)
-        self.service: ConsentService | None = None
 
     async def start(self) -> None:
-        if self.settings.embedded:
+        settings = self.settings
+        if settings.embedded:
             # The embedded default migrates itself; PostgreSQL is migrated by `consent db upgrade`.
-            await _run_sync(migrate.upgrade, self.settings.database_url)
+            await _run_sync(migrate.upgrade, settings.database_url)
             log.info("embedded default: SQLite at %s and an in-process event bus", self.database.url.database)
         async with self.database.reading() as conn:
             catalog = await load_catalog(conn)
         self.service = ConsentService(lambda: SqlUnitOfWork(self.database), self.bus, self.clock, catalog)
+        subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size)
+        await subjects.start()
+        self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock)
+        signing_key = settings.token_signing_key
+        if signing_key is None:
+            signing_key = secrets.token_urlsafe(32)
+            log.warning("CONSENT_TOKEN_SIGNING_KEY is not set: partner tokens are valid in this process only")
+        self.partner_access = PartnerAccess(SqlCredentialStore(self.database), lambda: self.service.catalog,
+                                            self.clock, signing_key, settings.token_ttl)
+        self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret, self.partner_access)
+
+        async def feed_read_model(events) -> None:
+            subjects.apply(events)
+
+        self.bus.subscribe(feed_read_model)
+        self.bus.subscribe(self.partner_access.on_events)
 
     async def stop(self) -> None:
         await self.database.dispose()
@@ -70,16 +97,19 @@ async def _run_sync(fn, *args) -> None:
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Litestar:
     container = Container(settings or Settings.from_env(), clock or SystemClock())
 
-    def principal(authorization: Annotated[str | None, HeaderParameter(name="Authorization", required=False,
-                                                                 include_in_schema=False)] = None) -> Principal:
-        return container.authenticator.authenticate(authorization)
+    async def principal(authorization: Annotated[str | None, HeaderParameter(
+            name="Authorization", required=False, include_in_schema=False)] = None) -> Principal:
+        return await container.authenticator.authenticate(authorization)
 
     app = Litestar(
         route_handlers=[health.live, health.ready, PurposeController, ScopeController, PartnerController,
-                        SubjectController],
+                        SubjectController, CredentialController, token, DecisionController,
+                        PermissionController],
         dependencies={
-            "principal": Provide(principal, sync_to_thread=False),
+            "principal": Provide(principal),
             "service": Provide(lambda: container.service, sync_to_thread=False),
+            "decisions": Provide(lambda: container.decisions, sync_to_thread=False),
+            "partner_access": Provide(lambda: container.partner_access, sync_to_thread=False),
             "readiness": Provide(lambda: container.readiness, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],

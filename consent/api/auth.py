@@ -1,4 +1,4 @@
-"""Who is calling: an admin key, an end user's HS256 token, or (later) a partner token.
+"""Who is calling: an admin key, an end user's HS256 token, or a partner access token.
 
 Verified tokens are cached until they expire, keyed by the token, so the hot paths
 pay for a signature check once per token rather than once per request.
@@ -15,6 +15,7 @@ import jwt
 from msgspec import Struct
 
 from consent.api.errors import forbidden, unauthorized
+from consent.app.partner_access import TOKEN_KID, PartnerAccess, TokenClaims
 
 CACHE_LIMIT = 10_000
 
@@ -22,6 +23,7 @@ CACHE_LIMIT = 10_000
 class Principal(Struct, frozen=True):
     kind: Literal["admin", "user", "partner"]
     id: str  # admin: key id (a hash prefix, never the key); user: subject id; partner: partner id
+    token: TokenClaims | None = None  # partner tokens: what is re-checked on every request
 
     @property
     def actor(self) -> str:
@@ -34,42 +36,53 @@ def key_id(secret: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, admin_keys: tuple[str, ...], user_token_secret: str | None) -> None:
+    def __init__(self, admin_keys: tuple[str, ...], user_token_secret: str | None,
+                 partners: PartnerAccess) -> None:
         self._admin_keys = {hashlib.sha256(k.encode()).digest(): k for k in admin_keys}
         self._user_secret = user_token_secret
+        self._partners = partners
         self._verified: dict[str, tuple[Principal, float]] = {}
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization or not authorization[:7].lower() == "bearer ":
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization or authorization[:7].lower() != "bearer ":
             raise unauthorized()
         token = authorization[7:].strip()
         cached = self._verified.get(token)
-        if cached is not None:
-            if cached[1] > time.time():
-                return cached[0]
-            del self._verified[token]
-        principal, expires = self._verify(token)
-        if len(self._verified) >= CACHE_LIMIT:
-            self._verified.clear()
-        self._verified[token] = (principal, expires)
+        if cached is None or cached[1] <= time.time():
+            cached = self._verify(token)
+            if len(self._verified) >= CACHE_LIMIT:
+                self._verified.clear()
+            self._verified[token] = cached
+        principal = cached[0]
+        if principal.token is not None and not await self._partners.still_allowed(principal.token):
+            raise unauthorized("the credential was revoked or the partner is not active")
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         admin_key = self._admin_keys.get(hashlib.sha256(token.encode()).digest())
         if admin_key is not None and hmac.compare_digest(admin_key.encode(), token.encode()):
-            # Re-checked every minute, so a key removed from configuration stops at restart.
             return Principal("admin", key_id(admin_key)), time.time() + 60
-        if self._user_secret is not None and token.count(".") == 2:
-            try:
-                claims = jwt.decode(token, self._user_secret, algorithms=["HS256"],
-                                    options={"require": ["exp", "sub"]})
-            except jwt.PyJWTError:
-                raise unauthorized("invalid or expired token") from None
-            subject = claims["sub"]
-            if not isinstance(subject, str) or not 1 <= len(subject) <= 128:
-                raise unauthorized("token subject is not a subject id")
-            return Principal("user", subject), float(claims["exp"])
-        raise unauthorized()
+        if token.count(".") != 2:
+            raise unauthorized()
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise unauthorized("malformed token") from None
+        if kid == TOKEN_KID:
+            claims = self._partners.verify_token(token)
+            if claims is None:
+                raise unauthorized("invalid or expired token")
+            return Principal("partner", claims.partner_id, claims), claims.expires
+        if self._user_secret is None:
+            raise unauthorized("end-user tokens are not accepted: CONSENT_USER_TOKEN_SECRET is not set")
+        try:
+            claims = jwt.decode(token, self._user_secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+        except jwt.PyJWTError:
+            raise unauthorized("invalid or expired token") from None
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not 1 <= len(subject) <= 128:
+            raise unauthorized("token subject is not a subject id")
+        return Principal("user", subject), float(claims["exp"])
 
 
 def require_admin(principal: Principal) -> None:

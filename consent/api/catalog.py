@@ -12,8 +12,13 @@ from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
 from consent.app.services import ConsentService, Written
 from consent.app.views import PartnerView, PurposeView, ScopeView, partner_view, purpose_view, scope_view
 from consent.domain import catalog as cat
-from consent.domain.errors import NotFound
+from consent.domain.errors import DomainError, NotFound
 from consent.domain.ids import check_scope, check_slug
+
+
+# The log names a scope's stream `scope:<id>` in a 200-character column, shorter than the 255
+# check_scope allows: a longer id would fail in PostgreSQL (503) instead of being refused.
+MAX_SCOPE_ID = 200 - len("scope:")
 
 
 def _written(written: Written, view) -> Response:
@@ -63,6 +68,8 @@ class ScopeController(Controller):
                         service: NamedDependency[ConsentService]) -> Response[ScopeView]:
         require_admin(principal)
         check_scope(scope_id)
+        if len(scope_id) > MAX_SCOPE_ID:
+            raise DomainError("validation_failed", f"scope id must be at most {MAX_SCOPE_ID} characters")
         spec = cat.ScopeSpec(title=data.title, description=data.description, sensitivity=data.sensitivity)
         return _written(await service.put_scope(scope_id, spec, principal.actor), scope_view)
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
 from consent.domain.events import LegalBasis, Sensitivity, Source
 
-Text = Annotated[str, Meta(max_length=10_000)]
-Title = Annotated[str, Meta(min_length=1, max_length=200)]
+# PostgreSQL cannot store NUL in text or JSONB: refuse it here rather than fail in the database.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Meta(max_length=10_000, pattern=NO_NUL)]
+Title = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Id = Annotated[str, Meta(min_length=1, max_length=255)]
 
 
@@ -35,6 +37,9 @@ class PartnerIn(Struct, forbid_unknown_fields=True):
     data_uses: Annotated[dict[Id, Annotated[list[Id], Meta(max_length=200)]], Meta(max_length=200)] = {}
     contract_ends_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        self.contract_ends_at = _utc(self.contract_ends_at, "contract_ends_at")
+
 
 class ChangeIn(Struct, forbid_unknown_fields=True):
     purpose: Id
@@ -43,9 +48,12 @@ class ChangeIn(Struct, forbid_unknown_fields=True):
     scopes: Annotated[list[Id], Meta(max_length=200)] | None = None
     expires_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        self.expires_at = _utc(self.expires_at, "expires_at")
+
 
 class EvidenceIn(Struct, forbid_unknown_fields=True):
-    collection_point: Annotated[str, Meta(max_length=200)] | None = None
+    collection_point: Annotated[str, Meta(max_length=200, pattern=NO_NUL)] | None = None
     text_shown: Text | None = None
 
 
@@ -53,3 +61,14 @@ class ConsentRequest(Struct, forbid_unknown_fields=True):
     changes: Annotated[list[ChangeIn], Meta(min_length=1, max_length=100)]
     source: Source = "api"
     evidence: EvidenceIn | None = None
+
+
+def _utc(value: datetime | None, field: str) -> datetime | None:
+    """Times are stored and answered in UTC; one that has no UTC equivalent (e.g. year 9999 at
+    -01:00) is refused here, not by the database. Naive times are left for the domain to refuse."""
+    if value is None or value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{field} is out of range once converted to UTC") from None

@@ -11,7 +11,7 @@ from consent.app.ports import Clock, EventBus, RecordedEvent, UnitOfWork
 from consent.app.views import HistoryView, SubjectConsentsView, history_event, subject_view
 from consent.domain import catalog as cat
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
-from consent.domain.errors import DomainError, NotFound, VersionConflict
+from consent.domain.errors import Conflict, NotFound, VersionConflict
 from consent.domain.events import Event, Evidence, GlobalOptOutRecorded, Source
 from consent.domain.subject import Change, SubjectConsents, change_consents
 
@@ -126,8 +126,9 @@ class ConsentService:
                     earlier = await uow.idempotent_answer(idempotency[0])
                     if earlier is not None:
                         if earlier[0] != idempotency[1]:
-                            raise DomainError("idempotency_key_reused",
-                                              "this Idempotency-Key was used with another request body")
+                            # A Conflict, so 409 as API.md says: the body is valid, the key is taken.
+                            raise Conflict("idempotency_key_reused",
+                                           "this Idempotency-Key was used with another request body")
                         return msgspec.convert(earlier[1], SubjectConsentsView), True
                 state = await uow.load_subject(subject_id)
                 if expected_version is not None and state.version != expected_version:

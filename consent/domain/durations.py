@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from datetime import datetime, timedelta
 
@@ -36,6 +37,7 @@ class Duration(Struct, frozen=True):
             return datetime.max.replace(tzinfo=start.tzinfo)
 
 
+@functools.lru_cache(maxsize=1024)  # retention strings are few and parsed on every decision
 def parse_duration(text: str) -> Duration:
     match = _DURATION.fullmatch(text)
     if not match:

@@ -1,0 +1,102 @@
+"""Decision routes: a partner asks about itself; an admin may name any partner, or none (first party).
+
+This is the hot path: a thin handler, a cached token check, no database round trip
+when the subject's state is cached.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, Parameter
+from msgspec import Meta, Struct
+
+from consent.api.auth import Principal
+from consent.api.errors import ERRORS, forbidden
+from consent.app.decisions import DecisionAnswer, DecisionService, Permissions, Question
+
+SubjectId = Annotated[str, Meta(min_length=1, max_length=128)]
+Slug = Annotated[str, Meta(min_length=1, max_length=64)]
+Scopes = Annotated[list[Annotated[str, Meta(min_length=1, max_length=255)]], Meta(min_length=1, max_length=200)]
+MinPosition = Annotated[int, Meta(ge=0)]
+BATCH_LIMIT = 1000
+
+
+class DecisionRequest(Struct, forbid_unknown_fields=True):
+    subject_id: SubjectId
+    purpose: Slug
+    scopes: Scopes
+    partner: Slug | None = None
+    min_position: MinPosition | None = None
+
+
+class BatchItem(Struct, forbid_unknown_fields=True):
+    subject_id: SubjectId
+    purpose: Slug
+    scopes: Scopes
+    partner: Slug | None = None
+
+
+class BatchRequest(Struct, forbid_unknown_fields=True):
+    items: Annotated[list[BatchItem], Meta(min_length=1, max_length=BATCH_LIMIT)]
+    partner: Slug | None = None
+    min_position: MinPosition | None = None
+
+
+class BatchAnswer(Struct):
+    results: list[DecisionAnswer]
+    position: int
+
+
+def asking_partner(principal: Principal, named: str | None) -> str | None:
+    """The partner a question is about: a partner's own id; for an admin, the one it names."""
+    if principal.kind == "partner":
+        if named is not None and named != principal.id:
+            raise forbidden("a partner asks only about itself; only an admin may name `partner`")
+        return principal.id
+    if principal.kind == "admin":
+        return named
+    raise forbidden("decisions are for partners and administrators")
+
+
+class DecisionController(Controller):
+    path = "/v1/decisions"
+    tags = ["decisions"]
+
+    @post("/", status_code=200, responses=ERRORS,
+          summary="May this partner use these scopes of this subject for this purpose, and until when?")
+    async def decide(self, data: JSONBody[DecisionRequest], principal: NamedDependency[Principal],
+                     decisions: NamedDependency[DecisionService]) -> DecisionAnswer:
+        partner = asking_partner(principal, data.partner)
+        question = Question(subject_id=data.subject_id, purpose=data.purpose, scopes=data.scopes, partner=partner)
+        return await decisions.decide(question, data.min_position)
+
+    @post("/batch", status_code=200, responses=ERRORS, summary=f"Up to {BATCH_LIMIT} decisions in one request")
+    async def decide_batch(self, data: JSONBody[BatchRequest], principal: NamedDependency[Principal],
+                           decisions: NamedDependency[DecisionService]) -> BatchAnswer:
+        default = asking_partner(principal, data.partner)
+        questions = [
+            Question(subject_id=item.subject_id, purpose=item.purpose, scopes=item.scopes,
+                     partner=asking_partner(principal, item.partner) if item.partner is not None else default)
+            for item in data.items
+        ]
+        results = await decisions.decide_many(questions, data.min_position)
+        return BatchAnswer(results=results, position=decisions.position)
+
+
+class PermissionController(Controller):
+    path = "/v1/subjects/{subject_id:str}/permissions"
+    tags = ["decisions"]
+
+    @get("/", responses=ERRORS, summary="What this partner may do with this subject's data, by purpose")
+    async def permissions(self, subject_id: FromPath[str], principal: NamedDependency[Principal],
+                          decisions: NamedDependency[DecisionService],
+                          partner: Annotated[str | None, Parameter(max_length=64, required=False)] = None,
+                          min_position: Annotated[int | None, Parameter(ge=0, required=False)] = None,
+                          ) -> Permissions:
+        partner_id = asking_partner(principal, partner)
+        if partner_id is None:
+            raise forbidden("an admin names the partner: ?partner=<id>")
+        return await decisions.permissions(partner_id, subject_id, min_position)

@@ -1,0 +1,98 @@
+"""Decision use cases: single, batch and a partner's standing permissions for one subject."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from msgspec import Struct
+
+from consent.app.ports import Clock
+from consent.app.read_model import SubjectCache
+from consent.domain.catalog import Catalog
+from consent.domain.decision import Decision, Denied, decide
+from consent.domain.errors import DomainError
+
+
+class DecisionAnswer(Struct):
+    decision: str
+    permitted: list[str]
+    denied: list[Denied]
+    retain_until: datetime | None
+    purpose_version: int | None
+    position: int
+    evaluated_at: datetime
+
+
+class Permission(Struct):
+    purpose: str
+    scopes: list[str]
+    retain_until: datetime | None
+
+
+class Permissions(Struct):
+    permissions: list[Permission]
+    position: int
+
+
+class Question(Struct, frozen=True):
+    subject_id: str
+    purpose: str
+    scopes: list[str]
+    partner: str | None
+
+
+class DecisionService:
+    def __init__(self, subjects: SubjectCache, catalog: Callable[[], Catalog], clock: Clock) -> None:
+        self._subjects = subjects
+        self._catalog = catalog
+        self._clock = clock
+
+    async def _fresh_enough(self, min_position: int | None) -> bool:
+        """Whether local state may answer; if not, answers read the database.
+
+        A write returns its position only after it was applied here, so on one process
+        this is always true for positions it handed out; another replica's positions
+        may be ahead of the local feed.
+        """
+        if min_position is None or min_position <= self._subjects.position:
+            return True
+        await self._subjects.catch_up_to(min_position)
+        if self._subjects.position < min_position:
+            raise DomainError("unknown_position", f"position {min_position} has not been written")
+        return False
+
+    async def decide(self, question: Question, min_position: int | None = None) -> DecisionAnswer:
+        local = await self._fresh_enough(min_position)
+        state = await self._subjects.get(question.subject_id, fresh=not local)
+        return self._answer(question, state)
+
+    async def decide_many(self, questions: list[Question], min_position: int | None = None) -> list[DecisionAnswer]:
+        local = await self._fresh_enough(min_position)
+        states = await self._subjects.get_many([q.subject_id for q in questions], fresh=not local)
+        return [self._answer(q, states[q.subject_id]) for q in questions]
+
+    async def permissions(self, partner_id: str, subject_id: str, min_position: int | None = None) -> Permissions:
+        local = await self._fresh_enough(min_position)
+        state = await self._subjects.get(subject_id, fresh=not local)
+        catalog = self._catalog()
+        partner = catalog.partner(partner_id)
+        now = self._clock.now()
+        granted = []
+        for purpose_id, scopes in sorted(partner.data_uses.items()):
+            decision = decide(catalog, state, partner_id, purpose_id, list(scopes), now)
+            if decision.permitted:
+                granted.append(Permission(purpose=purpose_id, scopes=decision.permitted,
+                                          retain_until=decision.retain_until))
+        return Permissions(permissions=granted, position=self._subjects.position)
+
+    @property
+    def position(self) -> int:
+        return self._subjects.position
+
+    def _answer(self, question: Question, state) -> DecisionAnswer:
+        now = self._clock.now()
+        decision: Decision = decide(self._catalog(), state, question.partner, question.purpose, question.scopes, now)
+        return DecisionAnswer(decision=decision.decision, permitted=decision.permitted, denied=decision.denied,
+                              retain_until=decision.retain_until, purpose_version=decision.purpose_version,
+                              position=max(state.position, self._subjects.position), evaluated_at=now)

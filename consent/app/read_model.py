@@ -1,0 +1,94 @@
+"""What decisions read: subjects' consent states, cached in memory and kept current by the event feed.
+
+The cache is bounded (least recently used out first). Every committed event reaches
+`apply`, which folds it into a cached state of the previous version or drops the
+entry, so a cached state is never older than the feed; `position` is how far the
+feed has been applied.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Protocol
+
+from consent.app.ports import RecordedEvent
+from consent.domain.subject import SubjectConsents
+
+SUBJECT_PREFIX = "subject:"
+RECENT_LIMIT = 65_536
+
+
+class SubjectReader(Protocol):
+    async def load_subjects(self, subject_ids: list[str]) -> dict[str, SubjectConsents]: ...
+
+    async def head_position(self) -> int: ...
+
+
+class SubjectCache:
+    def __init__(self, reader: SubjectReader, capacity: int = 100_000) -> None:
+        self._reader = reader
+        self._capacity = capacity
+        self._states: OrderedDict[str, SubjectConsents] = OrderedDict()
+        # The latest stream version the feed has shown for recently written subjects, so that
+        # a state read from the database while a newer event was applied is not cached.
+        self._recent_versions: OrderedDict[str, int] = OrderedDict()
+        self.position = 0
+
+    async def start(self) -> None:
+        self.position = await self._reader.head_position()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    async def get_many(self, subject_ids: Iterable[str], fresh: bool = False) -> dict[str, SubjectConsents]:
+        """States of these subjects; misses (or all, when `fresh`) come from the database in one query."""
+        found: dict[str, SubjectConsents] = {}
+        missing: list[str] = []
+        for subject_id in dict.fromkeys(subject_ids):
+            state = None if fresh else self._states.get(subject_id)
+            if state is None:
+                missing.append(subject_id)
+            else:
+                self._states.move_to_end(subject_id)
+                found[subject_id] = state
+        if missing:
+            loaded = await self._reader.load_subjects(missing)
+            for subject_id, state in loaded.items():
+                found[subject_id] = state
+                if self._recent_versions.get(subject_id, 0) <= state.version:
+                    self._put(state)
+        return found
+
+    async def get(self, subject_id: str, fresh: bool = False) -> SubjectConsents:
+        return (await self.get_many([subject_id], fresh))[subject_id]
+
+    async def catch_up_to(self, position: int) -> None:
+        """Make `position` at least the given one by reading the database's head."""
+        if position > self.position:
+            self.position = max(self.position, await self._reader.head_position())
+
+    def apply(self, events: list[RecordedEvent]) -> None:
+        for item in events:
+            self.position = max(self.position, item.position)
+            if not item.stream_id.startswith(SUBJECT_PREFIX):
+                continue
+            subject_id = item.stream_id[len(SUBJECT_PREFIX):]
+            self._recent_versions[subject_id] = item.stream_version
+            self._recent_versions.move_to_end(subject_id)
+            if len(self._recent_versions) > RECENT_LIMIT:
+                self._recent_versions.popitem(last=False)
+            state = self._states.get(subject_id)
+            if state is None:
+                continue
+            if state.version == item.stream_version - 1:
+                state.apply(item.event)
+                state.position = item.position
+            else:
+                del self._states[subject_id]
+
+    def _put(self, state: SubjectConsents) -> None:
+        self._states[state.subject_id] = state
+        self._states.move_to_end(state.subject_id)
+        while len(self._states) > self._capacity:
+            self._states.popitem(last=False)
