@@ -20,6 +20,8 @@ class Settings(Struct, frozen=True):
     # Signs partner access tokens; replicas must share it. Unset: a random key per process.
     token_signing_key: str | None = None
     subject_cache_size: int = 100_000
+    nats_stream: str = "CONSENT"
+    nats_subject_prefix: str = "consent.v1"
 
     @property
     def embedded(self) -> bool:
@@ -38,4 +40,6 @@ class Settings(Struct, frozen=True):
             event_source=env.get("CONSENT_EVENT_SOURCE", "/consent"),
             token_signing_key=env.get("CONSENT_TOKEN_SIGNING_KEY") or None,
             subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
+            nats_stream=env.get("CONSENT_NATS_STREAM", "CONSENT"),
+            nats_subject_prefix=env.get("CONSENT_NATS_SUBJECT_PREFIX", "consent.v1"),
         )

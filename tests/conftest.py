@@ -129,3 +129,23 @@ def settings(database_url: str) -> Settings:
 async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
     async with AsyncTestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+NATS_URL = os.environ.get("CONSENT_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture
+async def nats_names() -> AsyncIterator[tuple[str, str]]:
+    """A stream name and subject prefix of this test's own, deleted afterwards."""
+    import nats
+
+    tag = uuid.uuid4().hex[:10]
+    stream, prefix = f"CONSENT_T{tag}", f"t{tag}.consent.v1"
+    yield stream, prefix
+    nc = await nats.connect(NATS_URL)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    except Exception:  # noqa: BLE001 - the test may not have created it
+        pass
+    finally:
+        await nc.close()

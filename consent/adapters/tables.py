@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import base as _  # noqa: F401 - postgresql.base below
 
 metadata = sa.MetaData(naming_convention={
     "pk": "pk_%(table_name)s",
@@ -15,6 +16,18 @@ metadata = sa.MetaData(naming_convention={
 
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 Position = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class TransactionId(sa.types.UserDefinedType):
+    """PostgreSQL's 64-bit transaction id (xid8); SQLite, a single writer, needs none."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: object) -> str:
+        return "xid8"
+
+
+postgresql.base.ischema_names["xid8"] = TransactionId  # so that reflection knows the type
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -45,7 +58,11 @@ events = sa.Table(
     sa.Column("data", Json, nullable=False),
     sa.Column("metadata", Json, nullable=False),
     sa.Column("recorded_at", UTCDateTime(), nullable=False),
+    # The writing transaction, so that the relay can read in commit-safe order (see nats_relay).
+    # On PostgreSQL the column defaults to pg_current_xact_id() (set by the migration).
+    sa.Column("transaction_id", TransactionId().with_variant(sa.BigInteger(), "sqlite"), nullable=True),
     sa.UniqueConstraint("stream_id", "stream_version", name="uq_events_stream_version"),
+    sa.Index("ix_events_transaction_id", "transaction_id", "position"),
     sqlite_autoincrement=True,  # positions are never reused
 )
 
@@ -122,4 +139,13 @@ partner_credentials = sa.Table(
     sa.Column("secret_hash", sa.Text(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+# How far the relay has published the log to NATS.
+relay_checkpoints = sa.Table(
+    "relay_checkpoints", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("transaction_id", sa.BigInteger(), nullable=False),
+    sa.Column("position", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
 )

@@ -15,6 +15,7 @@ from litestar.params import HeaderParameter, Parameter
 from consent.adapters import migrate
 from consent.adapters.database import Database
 from consent.adapters.memory_bus import InProcessBus
+from consent.adapters.nats_relay import Relay
 from consent.adapters.sql_credentials import SqlCredentialStore
 from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_catalog
 from consent.api import health
@@ -41,6 +42,7 @@ class Container:
 
     service: ConsentService
     decisions: DecisionService
+    subjects: SubjectCache
     partner_access: PartnerAccess
     authenticator: Authenticator
 
@@ -49,6 +51,7 @@ class Container:
         self.clock = clock
         self.database = Database(settings.database_url)
         self.bus = InProcessBus()
+        self.relay: Relay | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -59,7 +62,7 @@ class Container:
         async with self.database.reading() as conn:
             catalog = await load_catalog(conn)
         self.service = ConsentService(lambda: SqlUnitOfWork(self.database), self.bus, self.clock, catalog)
-        subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size)
+        self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size)
         await subjects.start()
         self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock)
         signing_key = settings.token_signing_key
@@ -75,8 +78,19 @@ class Container:
 
         self.bus.subscribe(feed_read_model)
         self.bus.subscribe(self.partner_access.on_events)
+        if settings.nats_url is not None:
+            self.relay = Relay(self.database, settings.nats_url, settings.event_source, settings.nats_stream,
+                               settings.nats_subject_prefix)
+
+            async def wake_relay(_events) -> None:
+                self.relay.wake()
+
+            self.bus.subscribe(wake_relay)
+            await self.relay.start()
 
     async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         await self.database.dispose()
 
     async def readiness(self) -> dict[str, bool]:
@@ -85,7 +99,10 @@ class Container:
             database = True
         except Exception:  # noqa: BLE001 - any failure means not ready
             database = False
-        return {"database": database}
+        checks = {"database": database}
+        if self.relay is not None:
+            checks["nats"] = self.relay.connected
+        return checks
 
 
 async def _run_sync(fn, *args) -> None:

@@ -20,7 +20,8 @@ from consent.domain.events import Evidence
 from consent.domain.ids import check_subject
 from consent.domain.subject import Change
 
-_ETAG = re.compile(r'(?:W/)?"?(\d{1,10})"?')
+# `"3"`, `W/"3"` or a bare `3`; quotes must pair, so `"3` is malformed, not version 3.
+_ETAG = re.compile(r'(?:W/)?("?)(\d{1,10})\1')
 
 IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=200, required=False)]
 IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", max_length=40, required=False)]
@@ -33,7 +34,7 @@ def _expected_version(if_match: str | None) -> int | None:
     match = _ETAG.fullmatch(if_match.strip())
     if match is None:
         raise problem(400, "validation_failed", 'If-Match must be the subject version in quotes, e.g. "3"')
-    return int(match.group(1))
+    return int(match.group(2))
 
 
 def _gpc(principal: NamedDependency[Principal], sec_gpc: str | None) -> bool:

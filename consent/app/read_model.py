@@ -41,6 +41,9 @@ class SubjectCache:
     def __len__(self) -> int:
         return len(self._states)
 
+    def clear(self) -> None:
+        self._states.clear()
+
     async def get_many(self, subject_ids: Iterable[str], fresh: bool = False) -> dict[str, SubjectConsents]:
         """States of these subjects; misses (or all, when `fresh`) come from the database in one query."""
         found: dict[str, SubjectConsents] = {}

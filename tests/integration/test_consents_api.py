@@ -232,7 +232,7 @@ async def test_if_match_current_version_succeeds_and_stale_is_409(client):
     assert (second.status_code, second.json()["version"]) == (200, 2)
 
 
-@pytest.mark.parametrize("if_match", ["abc", '"-1"', '"1', '"12345678901"', "*"])
+@pytest.mark.parametrize("if_match", ["abc", '"-1"', '"1', '1"', '"12345678901"', '"1", "2"'])
 async def test_malformed_if_match_is_400(client, if_match):
     await put_catalog(client)
     refused = await post(client, change(), headers={**ADMIN, "If-Match": if_match})

@@ -1,0 +1,195 @@
+"""The outbox relay: publishes committed events to JetStream, in order, exactly once downstream.
+
+Events are committed to PostgreSQL first (the log is the outbox). One process at a
+time relays, chosen by a PostgreSQL advisory lock held on a dedicated connection; when
+that process dies, its connection closes, the lock is released and another takes over.
+
+No gaps under concurrency: positions come from an identity column, so a transaction
+can commit a lower position after a higher one is already visible. Reading by position
+would skip it. Instead every event carries its writing transaction's id (xid8), and the
+relay reads only below the oldest transaction still running,
+`pg_snapshot_xmin(pg_current_snapshot())`: everything below that horizon has committed
+or aborted, so nothing can appear there later. The cursor is (transaction id, position).
+A gap is never skipped for being old: it is waited for, however long its transaction runs.
+SQLite has one writer at a time, so there the cursor is the position alone.
+
+Each message's `Nats-Msg-Id` is the event id, so a batch republished after a crash
+(published, checkpoint not yet saved) is dropped by the server's duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+
+import nats
+import sqlalchemy as sa
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
+
+from consent.adapters.cloudevents import encode, nats_subject
+from consent.adapters.database import Database
+from consent.adapters.tables import events, relay_checkpoints
+from consent.app.ports import RecordedEvent
+from consent.domain.events import event_from_data
+
+log = logging.getLogger("consent.relay")
+
+LOCK_KEY = 0x636F6E73656E74  # "consent"
+BATCH = 500
+DUPLICATE_WINDOW = 300.0  # seconds; far longer than a relay takes to restart
+
+_PENDING_POSTGRES = sa.text("""
+    SELECT position, event_id, stream_id, stream_version, type, data, recorded_at,
+           transaction_id::text::bigint AS transaction_id
+    FROM events
+    WHERE (transaction_id, position) > (CAST(:transaction_id AS xid8), :position)
+      AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY transaction_id, position
+    LIMIT :limit
+""").columns(data=events.c.data.type, recorded_at=events.c.recorded_at.type, event_id=events.c.event_id.type)
+
+
+async def ensure_stream(js: JetStreamContext, name: str, subject_prefix: str) -> None:
+    config = StreamConfig(name=name, subjects=[f"{subject_prefix}.>"], duplicate_window=DUPLICATE_WINDOW)
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+class Relay:
+    def __init__(self, database: Database, nats_url: str, source: str, stream: str = "CONSENT",
+                 subject_prefix: str = "consent.v1", name: str = "nats") -> None:
+        self._database = database
+        self._nats_url = nats_url
+        self._source = source
+        self._stream = stream
+        self._prefix = subject_prefix
+        self._name = name
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.is_leader = False
+        self.published_position = 0
+        self.connected = False
+        self.on_published: Callable[[list[RecordedEvent]], Awaitable[None]] | None = None
+
+    def wake(self) -> None:
+        """Called after a local commit, so that publish lag is not a polling interval."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="consent-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the relay must outlive NATS and database outages
+                log.warning("relay interrupted (%s); retrying", type(error).__name__, exc_info=True)
+            self.is_leader = False
+            self.connected = False
+            await asyncio.sleep(1.0)
+
+    async def _lead(self) -> None:
+        nc = await nats.connect(self._nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                name="consent-relay")
+        try:
+            js = nc.jetstream(timeout=5.0)
+            await ensure_stream(js, self._stream, self._prefix)
+            self.connected = True
+            async with self._database.engine.connect() as lock_conn:
+                if not self._database.is_sqlite:
+                    while not await self._try_lock(lock_conn):
+                        await asyncio.sleep(1.0)
+                    raw = (await lock_conn.get_raw_connection()).driver_connection
+                    await raw.add_listener("consent_events", lambda *_: self._wake.set())
+                self.is_leader = True
+                log.info("relaying events to NATS stream %s", self._stream)
+                await self._relay(js, lock_conn)
+        finally:
+            await nc.close()
+
+    async def _try_lock(self, conn) -> bool:
+        got = (await conn.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK_KEY)))).scalar_one()
+        await conn.commit()
+        return bool(got)
+
+    async def _relay(self, js: JetStreamContext, lock_conn) -> None:
+        transaction_id, position = await self._load_checkpoint()
+        while True:
+            self._wake.clear()
+            batch = await self._pending(transaction_id, position)
+            if batch:
+                await self._publish(js, [r for _, r in batch])
+                transaction_id, position = batch[-1][0], batch[-1][1].position
+                await self._save_checkpoint(transaction_id, position)
+                self.published_position = position
+                if self.on_published is not None:
+                    await self.on_published([r for _, r in batch])
+                if len(batch) == BATCH:
+                    continue
+            # Woken by a local commit or a NOTIFY; the timeout also checks the lock connection is alive.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            if not self._database.is_sqlite:
+                await lock_conn.execute(sa.text("SELECT 1"))
+                await lock_conn.commit()
+
+    async def _pending(self, transaction_id: int, position: int) -> list[tuple[int, RecordedEvent]]:
+        async with self._database.reading() as conn:
+            if self._database.is_sqlite:
+                rows = (await conn.execute(
+                    sa.select(events.c.position, events.c.event_id, events.c.stream_id, events.c.stream_version,
+                              events.c.type, events.c.data, events.c.recorded_at, sa.literal(0).label("transaction_id"))
+                    .where(events.c.position > position).order_by(events.c.position).limit(BATCH))).all()
+            else:
+                rows = (await conn.execute(_PENDING_POSTGRES, {
+                    "transaction_id": transaction_id, "position": position, "limit": BATCH})).all()
+        return [
+            (row.transaction_id, RecordedEvent(
+                event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
+                position=row.position, event=event_from_data(row.type, row.data), recorded_at=row.recorded_at))
+            for row in rows
+        ]
+
+    async def _publish(self, js: JetStreamContext, batch: list[RecordedEvent]) -> None:
+        # Pipelined on one connection, which keeps their order; every ack is awaited
+        # before the checkpoint moves.
+        acks = [
+            await js.publish_async(nats_subject(r, self._prefix), encode(r, self._source),
+                                   headers={"Nats-Msg-Id": str(r.event_id)})
+            for r in batch
+        ]
+        await asyncio.wait_for(asyncio.gather(*acks), timeout=10.0)
+
+    async def _load_checkpoint(self) -> tuple[int, int]:
+        async with self._database.reading() as conn:
+            row = (await conn.execute(sa.select(relay_checkpoints.c.transaction_id, relay_checkpoints.c.position)
+                                      .where(relay_checkpoints.c.name == self._name))).first()
+        self.published_position = row.position if row else 0
+        return (row.transaction_id, row.position) if row else (0, 0)
+
+    async def _save_checkpoint(self, transaction_id: int, position: int) -> None:
+        async with self._database.engine.begin() as conn:
+            upsert = self._database.upsert(relay_checkpoints).values(
+                name=self._name, transaction_id=transaction_id, position=position,
+                updated_at=datetime.now(timezone.utc))
+            await conn.execute(upsert.on_conflict_do_update(
+                index_elements=[relay_checkpoints.c.name],
+                set_={"transaction_id": upsert.excluded.transaction_id, "position": upsert.excluded.position,
+                      "updated_at": upsert.excluded.updated_at}))

@@ -1,0 +1,132 @@
+"""Events on NATS JetStream: every committed event once, in order, as a valid CloudEvent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import nats
+import pytest
+import sqlalchemy as sa
+from cloudevents.http import from_json
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from consent.api.app import create_app
+from consent.config import Settings
+from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables
+
+MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
+
+
+@pytest.fixture
+async def events_app(postgresql_url, nats_names):
+    await empty_tables(postgresql_url)
+    stream, prefix = nats_names
+    settings = Settings(database_url=postgresql_url, nats_url=NATS_URL, admin_keys=(ADMIN_KEY,),
+                        user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix)
+    async with AsyncTestClient(create_app(settings)) as client:
+        yield client, stream, prefix
+
+
+async def stream_messages(stream: str, prefix: str, expected: int, timeout: float = 10.0) -> list:
+    """Everything in the stream, read by an ordered consumer from the start."""
+    nc = await nats.connect(NATS_URL)
+    try:
+        js = nc.jetstream()
+        received = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            info = await js.stream_info(stream)
+            if info.state.messages >= expected or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        sub = await js.subscribe(f"{prefix}.>", ordered_consumer=True)
+        for _ in range(info.state.messages):
+            received.append(await sub.next_msg(timeout=5))
+        await sub.unsubscribe()
+        return received
+    finally:
+        await nc.close()
+
+
+async def logged_event_ids(url: str) -> list[str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [str(r) for r in (await conn.execute(sa.text("SELECT event_id FROM events ORDER BY position"))
+                                     ).scalars()]
+    finally:
+        await engine.dispose()
+
+
+async def test_events_are_cloudevents_on_the_contract_subjects(events_app, postgresql_url):
+    client, stream, prefix = events_app
+    nc = await nats.connect(NATS_URL)
+    live = await nc.subscribe(f"{prefix}.>")  # a plain subscriber, as a platform team would write
+    await nc.flush()  # the subscription is registered before the first event is published
+    try:
+        await client.put("/v1/scopes/orders", headers=ADMIN, json={"title": "O", "description": "", "sensitivity": "low"})
+        await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+        await client.put("/v1/partners/acme", headers=ADMIN,
+                         json={"name": "Acme Ltd", "status": "active", "data_uses": {"marketing": ["orders"]}})
+        await client.post("/v1/subjects/user-42/consents", headers=ADMIN, json={
+            "changes": [{"purpose": "marketing", "partner": "acme", "action": "grant"}], "source": "web",
+            "evidence": {"collection_point": "signup", "text_shown": "canary-text-shown"}})
+        messages = [await live.next_msg(timeout=5) for _ in range(4)]
+    finally:
+        await nc.close()
+
+    assert [m.subject for m in messages] == [
+        f"{prefix}.scope.defined.orders", f"{prefix}.purpose.defined.marketing",
+        f"{prefix}.partner.registered.acme", f"{prefix}.subject.granted.marketing.acme"]
+    for message in messages:
+        event = from_json(message.data)
+        assert event["specversion"] == "1.0"
+        assert event["id"] == message.headers["Nats-Msg-Id"]
+        assert event["source"] == "/consent"
+        assert event["datacontenttype"] == "application/json"
+    granted = json.loads(messages[-1].data)
+    assert granted["type"] == "io.consent.v1.subject.granted"
+    assert granted["subject"] == "user-42"
+    assert granted["data"]["purpose"] == "marketing" and granted["data"]["partner"] == "acme"
+    assert granted["data"]["scopes"] == ["orders"] and granted["data"]["stream_version"] == 1
+    assert granted["data"]["position"] == 4
+    # What was shown to the user, and partner names, stay out of the events.
+    assert b"canary-text-shown" not in messages[-1].data and b"Acme Ltd" not in messages[2].data
+    assert await logged_event_ids(postgresql_url) == [m.headers["Nats-Msg-Id"] for m in messages]
+
+
+async def test_no_event_is_skipped_when_transactions_commit_out_of_order(events_app, postgresql_url):
+    """A transaction that took a low position and commits late must still be relayed."""
+    client, stream, prefix = events_app
+    await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+    slow_engine = create_async_engine(postgresql_url)
+
+    async def slow_writer(n: int) -> None:
+        # Takes its position now, commits after later positions were published.
+        async with slow_engine.begin() as conn:
+            await conn.execute(sa.text(
+                "INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
+                "VALUES (gen_random_uuid(), :stream, 1, 'subject.granted', CAST(:data AS jsonb), '{}', now())"),
+                {"stream": f"subject:slow-{n}", "data": json.dumps({
+                    "occurred_at": "2026-01-01T00:00:00Z", "purpose": "marketing", "partner": None,
+                    "scopes": None, "purpose_version": 1, "source": "api"})})
+            await asyncio.sleep(random.uniform(0.2, 0.8))
+
+    async def fast_writer(n: int) -> None:
+        answer = await client.post(f"/v1/subjects/fast-{n}/consents", headers=ADMIN,
+                                   json={"changes": [{"purpose": "marketing", "action": "grant"}]})
+        assert answer.status_code == 200, answer.text
+
+    try:
+        await asyncio.gather(*[slow_writer(n) for n in range(8)], *[fast_writer(n) for n in range(40)])
+    finally:
+        await slow_engine.dispose()
+
+    logged = await logged_event_ids(postgresql_url)
+    received = await stream_messages(stream, prefix, expected=len(logged))
+    ids = [m.headers["Nats-Msg-Id"] for m in received]
+    assert len(ids) == len(set(ids)), "an event was published twice"
+    assert set(ids) == set(logged), f"missing from NATS: {set(logged) - set(ids)}"
