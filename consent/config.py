@@ -21,6 +21,8 @@ class Settings(Struct, frozen=True):
     token_signing_key: str | None = None
     subject_cache_size: int = 100_000
     nats_stream: str = "CONSENT"
+    # Seconds between sweeps for due expiries and terminated partners; 0 turns the sweeps off.
+    scheduler_interval: float = 1.0
     nats_subject_prefix: str = "consent.v1"
 
     @property
@@ -41,5 +43,6 @@ class Settings(Struct, frozen=True):
             token_signing_key=env.get("CONSENT_TOKEN_SIGNING_KEY") or None,
             subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
             nats_stream=env.get("CONSENT_NATS_STREAM", "CONSENT"),
+            scheduler_interval=float(env.get("CONSENT_SCHEDULER_INTERVAL", "1")),
             nats_subject_prefix=env.get("CONSENT_NATS_SUBJECT_PREFIX", "consent.v1"),
         )

@@ -149,3 +149,8 @@ async def nats_names() -> AsyncIterator[tuple[str, str]]:
         pass
     finally:
         await nc.close()
+
+
+async def on_app_loop(client: AsyncTestClient, fn, *args):
+    """Run `await fn(*args)` on the event loop the test client runs the app on."""
+    return await asyncio.to_thread(client.blocking_portal.call, fn, *args)

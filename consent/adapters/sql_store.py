@@ -188,6 +188,21 @@ class SqlUnitOfWork:
                 set_={c: upsert.excluded[c] for c in
                       ("scopes", "status", "expires_at", "purpose_version", "updated_at")}), rows)
 
+    async def claim_due_subjects(self, now: datetime, limit: int) -> list[str]:
+        """Subjects with a grant past its expiry, locked so that no other process takes them too."""
+        query = (sa.select(consents.c.subject_id)
+                 .where(consents.c.status == "granted", consents.c.expires_at <= now)
+                 .order_by(consents.c.expires_at).limit(limit).with_for_update(skip_locked=True))
+        return list(dict.fromkeys((await self.conn.execute(query)).scalars()))
+
+    async def claim_grants_of_terminated_partners(self, limit: int) -> list[tuple[str, str]]:
+        """(subject, partner) pairs still granted to a terminated partner, locked likewise."""
+        query = (sa.select(consents.c.subject_id, consents.c.partner_id)
+                 .join(partners, partners.c.id == consents.c.partner_id)
+                 .where(partners.c.status == "terminated", consents.c.status == "granted")
+                 .limit(limit).with_for_update(skip_locked=True, of=consents))
+        return list(dict.fromkeys((r.subject_id, r.partner_id) for r in await self.conn.execute(query)))
+
     # Catalog
 
     async def load_purpose(self, purpose_id: str) -> tuple[Purpose | None, int]:

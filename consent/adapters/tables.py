@@ -86,6 +86,10 @@ consents = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("purpose_version", sa.Integer(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # For the scheduler: grants falling due, and grants to a terminated partner.
+    sa.Index("ix_consents_due", "expires_at", postgresql_where=sa.text("status = 'granted'"),
+             sqlite_where=sa.text("status = 'granted'")),
+    sa.Index("ix_consents_partner_id", "partner_id"),
 )
 
 purposes = sa.Table(

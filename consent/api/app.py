@@ -29,6 +29,7 @@ from consent.app.decisions import DecisionService
 from consent.app.partner_access import PartnerAccess
 from consent.app.ports import Clock, SystemClock
 from consent.app.read_model import SubjectCache
+from consent.app.scheduler import Scheduler
 from consent.app.services import ConsentService
 from consent.config import Settings
 
@@ -78,6 +79,10 @@ class Container:
 
         self.bus.subscribe(feed_read_model)
         self.bus.subscribe(self.partner_access.on_events)
+        self.scheduler = Scheduler(self.service, settings.scheduler_interval)
+        self.bus.subscribe(self.scheduler.on_events)
+        if settings.scheduler_interval > 0:
+            await self.scheduler.start()
         if settings.nats_url is not None:
             self.relay = Relay(self.database, settings.nats_url, settings.event_source, settings.nats_stream,
                                settings.nats_subject_prefix)
@@ -89,6 +94,7 @@ class Container:
             await self.relay.start()
 
     async def stop(self) -> None:
+        await self.scheduler.stop()
         if self.relay is not None:
             await self.relay.stop()
         await self.database.dispose()

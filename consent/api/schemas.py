@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from consent.domain.events import LegalBasis, Sensitivity, Source
+from consent.domain.events import LegalBasis, RequestSource, Sensitivity
 
 # PostgreSQL cannot store NUL in text or JSONB: refuse it here rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
@@ -59,7 +59,7 @@ class EvidenceIn(Struct, forbid_unknown_fields=True):
 
 class ConsentRequest(Struct, forbid_unknown_fields=True):
     changes: Annotated[list[ChangeIn], Meta(min_length=1, max_length=100)]
-    source: Source = "api"
+    source: RequestSource = "api"
     evidence: EvidenceIn | None = None
 
 

@@ -13,7 +13,9 @@ from consent.domain import catalog as cat
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, NotFound, VersionConflict
 from consent.domain.events import Event, Evidence, GlobalOptOutRecorded, Source
-from consent.domain.subject import Change, SubjectConsents, change_consents
+from consent.domain.subject import (
+    Change, SubjectConsents, change_consents, expire_due, withdraw_for_terminated_partner,
+)
 
 T = TypeVar("T")
 Entity = TypeVar("Entity", Purpose, Scope, Partner)
@@ -149,6 +151,40 @@ class ConsentService:
             return answer, False
 
         return await self._retrying(attempt, retry=expected_version is None)
+
+    async def expire_due_grants(self, limit: int = 100) -> int:
+        """Record the expiry of grants past their `expires_at`; returns how many events were written."""
+        now = self._clock.now()
+        async with self._unit_of_work() as uow:
+            recorded = []
+            for subject_id in await uow.claim_due_subjects(now, limit):
+                state = await uow.load_subject(subject_id)
+                recorded += await self._save_system_events(uow, state, expire_due(state, now))
+            await uow.commit()
+        await self._after_commit(recorded)
+        return len(recorded)
+
+    async def withdraw_grants_of_terminated_partners(self, limit: int = 100) -> int:
+        """Terminating a partner withdraws every grant to it, with an event each."""
+        now = self._clock.now()
+        async with self._unit_of_work() as uow:
+            recorded = []
+            for subject_id, partner_id in await uow.claim_grants_of_terminated_partners(limit):
+                state = await uow.load_subject(subject_id)
+                recorded += await self._save_system_events(
+                    uow, state, withdraw_for_terminated_partner(state, partner_id, now))
+            await uow.commit()
+        await self._after_commit(recorded)
+        return len(recorded)
+
+    async def _save_system_events(self, uow: UnitOfWork, state: SubjectConsents,
+                                  new_events: list[Event]) -> list[RecordedEvent]:
+        if not new_events:
+            return []
+        version_before = state.version
+        for event in new_events:
+            state.apply(event)
+        return await uow.save_subject(state, version_before, new_events, "system")
 
     async def record_global_opt_out(self, subject_id: str, source: Source, actor: str) -> None:
         await self.change_consents(subject_id, [], source, None, actor, global_opt_out=True)

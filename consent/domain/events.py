@@ -14,7 +14,9 @@ from msgspec import Struct
 
 LegalBasis = Literal["consent", "legitimate_interest", "contract", "legal_obligation"]
 Sensitivity = Literal["low", "medium", "high"]
-Source = Literal["web", "app", "api", "gpc", "admin"]
+RequestSource = Literal["web", "app", "api", "gpc", "admin"]
+# `system`: the service itself acted (a grant expired, a partner was terminated).
+Source = Literal["web", "app", "api", "gpc", "admin", "system"]
 PartnerStatus = Literal["sandbox", "active", "suspended", "terminated"]
 
 

@@ -182,3 +182,27 @@ def _withdrawn_scopes(current: ConsentRecord, withdrawn: tuple[str, ...] | None)
     if len(taken) != len(withdrawn):
         raise DomainError("validation_failed", "withdraw names scopes that this grant does not hold")
     return taken
+
+
+def expire_due(state: SubjectConsents, now: datetime) -> list[Event]:
+    """Grants whose expiry has passed become expired, with an event each."""
+    return [
+        ConsentExpired(occurred_at=now, purpose=r.purpose, partner=r.partner, scopes=r.scopes,
+                       purpose_version=r.purpose_version, source="system", expires_at=r.expires_at)
+        for r in _sorted(state)
+        if r.status == "granted" and r.expires_at is not None and r.expires_at <= now
+    ]
+
+
+def withdraw_for_terminated_partner(state: SubjectConsents, partner_id: str, now: datetime) -> list[Event]:
+    """Terminating a partner withdraws every grant to it (grants first-party stay: they name no partner)."""
+    return [
+        ConsentWithdrawn(occurred_at=now, purpose=r.purpose, partner=r.partner, scopes=r.scopes,
+                         purpose_version=r.purpose_version, source="system", reason="partner_terminated")
+        for r in _sorted(state)
+        if r.partner == partner_id and r.status == "granted"
+    ]
+
+
+def _sorted(state: SubjectConsents) -> list[ConsentRecord]:
+    return sorted(state.records.values(), key=lambda r: (r.purpose, r.partner or ""))

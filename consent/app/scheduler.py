@@ -1,0 +1,59 @@
+"""Work the service does by itself: expire grants that fall due, withdraw grants of terminated partners.
+
+Every process runs it; the claims lock what they take (FOR UPDATE SKIP LOCKED on
+PostgreSQL) and appends carry the expected version, so two processes never record
+the same expiry twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from consent.app.ports import RecordedEvent
+from consent.app.services import ConsentService
+from consent.domain.events import PartnerTerminated
+
+log = logging.getLogger("consent.scheduler")
+
+
+class Scheduler:
+    def __init__(self, service: ConsentService, interval: float = 1.0) -> None:
+        self._service = service
+        self._interval = interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def sweep_once(self) -> int:
+        written = 0
+        while (batch := await self._service.expire_due_grants()) > 0:
+            written += batch
+        while (batch := await self._service.withdraw_grants_of_terminated_partners()) > 0:
+            written += batch
+        return written
+
+    async def on_events(self, events: list[RecordedEvent]) -> None:
+        if any(isinstance(item.event, PartnerTerminated) for item in events):
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="consent-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the next sweep tries again
+                log.warning("scheduler sweep failed (%s)", type(error).__name__)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
