@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-dev openapi bench clean
+.PHONY: run test install install-dev openapi asyncapi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: install-dev
 
 openapi: install
 	$(BIN)/python -m consent.api.openapi_export > openapi/openapi.json
+
+asyncapi: install
+	$(BIN)/python -m consent.adapters.asyncapi > openapi/asyncapi.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache consent.db consent.db-wal consent.db-shm

@@ -139,7 +139,7 @@ class ConsentService:
                 now = self._clock.now()
                 new_events = change_consents(state, self.catalog, changes, source, evidence, now)
                 if global_opt_out and not state.global_opt_out:
-                    new_events.append(GlobalOptOutRecorded(occurred_at=now, source=source))
+                    new_events.append(GlobalOptOutRecorded(occurred_at=now, source="gpc"))
                 for event in new_events:
                     state.apply(event)
                 recorded = await uow.save_subject(state, version_before, new_events, actor) if new_events else []

@@ -130,3 +130,31 @@ async def test_no_event_is_skipped_when_transactions_commit_out_of_order(events_
     ids = [m.headers["Nats-Msg-Id"] for m in received]
     assert len(ids) == len(set(ids)), "an event was published twice"
     assert set(ids) == set(logged), f"missing from NATS: {set(logged) - set(ids)}"
+
+
+async def test_the_subscriber_example_deletes_on_withdrawal(events_app, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "delete_partner_copy.py"
+    spec = importlib.util.spec_from_file_location("delete_partner_copy", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    deleted = []
+
+    async def record(partner, subject, purpose):
+        deleted.append((partner, subject, purpose))
+
+    monkeypatch.setattr(example, "delete_copy", record)
+    client, stream, prefix = events_app
+    await client.put("/v1/scopes/orders", headers=ADMIN, json={"title": "O", "description": "", "sensitivity": "low"})
+    await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+    for partner in ("acme", "globex"):
+        await client.put(f"/v1/partners/{partner}", headers=ADMIN,
+                         json={"name": partner, "status": "active", "data_uses": {"marketing": ["orders"]}})
+    for partner in ("acme", "globex"):
+        for action in ("grant", "withdraw"):
+            await client.post("/v1/subjects/user-7/consents", headers=ADMIN, json={
+                "changes": [{"purpose": "marketing", "partner": partner, "action": action}]})
+    await asyncio.wait_for(example.consume("acme", NATS_URL, stream, prefix, stop_after=4), timeout=20)
+    assert deleted == [("acme", "user-7", "marketing")]  # globex's withdrawal is not acme's business
