@@ -51,6 +51,8 @@ class ConsentService:
         raise AssertionError("unreachable")
 
     async def _after_commit(self, recorded: list[RecordedEvent]) -> None:
+        """Hand committed events on. Called before the unit of work is left, so that where writes are
+        serialised (SQLite) in-process subscribers see events in commit order."""
         for item in recorded:
             if not item.stream_id.startswith("subject:"):
                 self.catalog.apply(item.event)
@@ -109,7 +111,7 @@ class ConsentService:
                 entity = pick(scratch)
                 recorded = await uow.save_catalog_entity(stream_id, stream_version, new_events, entity, actor)
                 await uow.commit()
-            await self._after_commit(recorded)
+                await self._after_commit(recorded)
             return Written(entity=entity, created=current is None, position=recorded[-1].position)
 
         return await self._retrying(attempt)
@@ -147,7 +149,7 @@ class ConsentService:
                 if idempotency is not None:
                     await uow.remember_answer(idempotency[0], idempotency[1], msgspec.to_builtins(answer))
                 await uow.commit()
-            await self._after_commit(recorded)
+                await self._after_commit(recorded)
             return answer, False
 
         return await self._retrying(attempt, retry=expected_version is None)
@@ -161,7 +163,7 @@ class ConsentService:
                 state = await uow.load_subject(subject_id)
                 recorded += await self._save_system_events(uow, state, expire_due(state, now))
             await uow.commit()
-        await self._after_commit(recorded)
+            await self._after_commit(recorded)
         return len(recorded)
 
     async def withdraw_grants_of_terminated_partners(self, limit: int = 100) -> int:
@@ -174,7 +176,7 @@ class ConsentService:
                 recorded += await self._save_system_events(
                     uow, state, withdraw_for_terminated_partner(state, partner_id, now))
             await uow.commit()
-        await self._after_commit(recorded)
+            await self._after_commit(recorded)
         return len(recorded)
 
     async def _save_system_events(self, uow: UnitOfWork, state: SubjectConsents,

@@ -13,6 +13,7 @@ from cloudevents.http import from_json
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from consent.adapters.tables import events
 from consent.api.app import create_app
 from consent.config import Settings
 from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables
@@ -55,8 +56,8 @@ async def logged_event_ids(url: str) -> list[str]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            return [str(r) for r in (await conn.execute(sa.text("SELECT event_id FROM events ORDER BY position"))
-                                     ).scalars()]
+            query = sa.select(events.c.event_id).order_by(events.c.position)
+            return [str(r) for r in (await conn.execute(query)).scalars()]
     finally:
         await engine.dispose()
 
