@@ -99,16 +99,20 @@ class Container:
             await self.relay.stop()
         await self.database.dispose()
 
-    async def readiness(self) -> dict[str, bool]:
+    async def readiness(self) -> tuple[dict[str, bool], dict[str, object]]:
+        """(checks that must all pass, facts worth showing an operator)."""
         try:
             await self.database.ping()
             database = True
         except Exception:  # noqa: BLE001 - any failure means not ready
             database = False
         checks = {"database": database}
+        details: dict[str, object] = {"position": self.subjects.position}
         if self.relay is not None:
             checks["nats"] = self.relay.connected
-        return checks
+            details["relay"] = {"leader": self.relay.is_leader,
+                                "published_position": self.relay.published_position}
+        return checks, details
 
 
 async def _run_sync(fn, *args) -> None:

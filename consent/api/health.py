@@ -14,7 +14,9 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready", tags=["operations"], summary="The database (and NATS, when configured) answer")
-async def ready(readiness: NamedDependency[Callable[[], Awaitable[dict[str, bool]]]]) -> Response[dict[str, object]]:
-    checks = await readiness()
+async def ready(readiness: NamedDependency[Callable[[], Awaitable[tuple[dict[str, bool], dict[str, object]]]]],
+                ) -> Response[dict[str, object]]:
+    checks, details = await readiness()
     ok = all(checks.values())
-    return Response({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+    return Response({"status": "ready" if ok else "not_ready", "checks": checks, **details},
+                    status_code=200 if ok else 503)

@@ -144,3 +144,50 @@ async def test_writes_go_on_while_nats_is_down_and_arrive_after_in_order(postgre
 async def logged_positions(client) -> list[int]:
     history = (await client.get("/v1/subjects/ordered/history", headers=ADMIN)).json()["events"]
     return [e["position"] for e in history] or [1]
+
+
+async def relay_state(base: str) -> dict:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{base}/health/ready")).json()["relay"]
+
+
+async def test_one_process_relays_and_another_takes_over_when_it_dies(postgresql_url, nats_names):
+    await empty_tables(postgresql_url)
+    stream, prefix = nats_names
+    ports = [free_port(), free_port()]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    services = [start_service(postgresql_url, NATS_URL, stream, prefix, ports[0])]
+    try:
+        await wait_until(lambda: ready(bases[0]), what="first service ready")
+        async with httpx.AsyncClient(base_url=bases[0], headers=ADMIN) as http:
+            assert (await http.put("/v1/purposes/marketing", json=MARKETING)).status_code == 201
+        # Started after the catalog change, so both know it (following other replicas' catalog
+        # changes live is the replicas issue's work).
+        services.append(start_service(postgresql_url, NATS_URL, stream, prefix, ports[1]))
+        await wait_until(lambda: ready(bases[1]), what="second service ready")
+
+        async def one_leader() -> bool:
+            return [(await relay_state(b))["leader"] for b in bases].count(True) == 1
+
+        await wait_until(one_leader, what="exactly one relay leader")
+        leader = [(await relay_state(b))["leader"] for b in bases].index(True)
+        survivor = 1 - leader
+        services[leader].send_signal(signal.SIGKILL)
+        services[leader].wait(timeout=10)
+
+        async with httpx.AsyncClient(base_url=bases[survivor], headers=ADMIN) as http:
+            for n in range(5):  # the survivor kept serving HTTP all along
+                answer = await http.post(f"/v1/subjects/t-{n}/consents",
+                                         json={"changes": [{"purpose": "marketing", "action": "grant"}]})
+                assert answer.status_code == 200, answer.text
+
+        async def survivor_leads() -> bool:
+            return (await relay_state(bases[survivor]))["leader"]
+
+        await wait_until(survivor_leads, timeout=30, what="the survivor to take over")
+        logged = await logged_event_ids(postgresql_url)
+        assert_exactly_once(await stream_messages(stream, prefix, expected=len(logged), timeout=20), logged)
+    finally:
+        for service in services:
+            service.kill()
+            service.wait(timeout=10)
