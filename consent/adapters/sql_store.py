@@ -54,15 +54,20 @@ async def load_subjects(conn: AsyncConnection, subject_ids: list[str]) -> dict[s
     return subjects_from_rows(rows, subject_ids)
 
 
-async def load_catalog(conn: AsyncConnection) -> Catalog:
+async def load_catalog(conn: AsyncConnection) -> tuple[Catalog, dict[str, int]]:
+    """The catalog, and the stream version each of its entities was read at."""
     catalog = Catalog()
+    versions: dict[str, int] = {}
     for row in (await conn.execute(sa.select(purposes))).mappings():
         catalog.purposes[row["id"]] = _purpose(row)
+        versions[f"purpose:{row['id']}"] = row["stream_version"]
     for row in (await conn.execute(sa.select(scopes))).mappings():
         catalog.scopes[row["id"]] = _scope(row)
+        versions[f"scope:{row['id']}"] = row["stream_version"]
     for row in (await conn.execute(sa.select(partners))).mappings():
         catalog.partners[row["id"]] = _partner(row)
-    return catalog
+        versions[f"partner:{row['id']}"] = row["stream_version"]
+    return catalog, versions
 
 
 async def head_position(conn: AsyncConnection) -> int:

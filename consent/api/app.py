@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import Annotated
@@ -15,6 +16,7 @@ from litestar.params import HeaderParameter, Parameter
 from consent.adapters import migrate
 from consent.adapters.database import Database
 from consent.adapters.memory_bus import InProcessBus
+from consent.adapters.nats_feed import NatsFeed
 from consent.adapters.nats_relay import Relay
 from consent.adapters.sql_credentials import SqlCredentialStore
 from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_catalog
@@ -53,6 +55,7 @@ class Container:
         self.database = Database(settings.database_url)
         self.bus = InProcessBus()
         self.relay: Relay | None = None
+        self.feed: NatsFeed | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -60,9 +63,25 @@ class Container:
             # The embedded default migrates itself; PostgreSQL is migrated by `consent db upgrade`.
             await _run_sync(migrate.upgrade, settings.database_url)
             log.info("embedded default: SQLite at %s and an in-process event bus", self.database.url.database)
+        loaded = asyncio.Event()
+        if settings.nats_url is not None:
+            # Subscribed before the state is loaded, so that nothing committed in between is missed;
+            # what it delivers waits until the state is there (versions make repeats harmless).
+            async def catalog_changed(stream_id: str, stream_version: int) -> None:
+                await loaded.wait()
+                await self.service.refresh_catalog_entity(stream_id, stream_version)
+
+            async def feed_events(events) -> None:
+                await loaded.wait()
+                self.subjects.apply(events)
+
+            self.feed = NatsFeed(settings.nats_url, settings.nats_stream, settings.nats_subject_prefix,
+                                 catalog_changed, feed_events)
+            await self.feed.start()
         async with self.database.reading() as conn:
-            catalog = await load_catalog(conn)
-        self.service = ConsentService(lambda: SqlUnitOfWork(self.database), self.bus, self.clock, catalog)
+            catalog, versions = await load_catalog(conn)
+        self.service = ConsentService(lambda: SqlUnitOfWork(self.database), self.bus, self.clock, catalog,
+                                      versions)
         self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size)
         await subjects.start()
         self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock)
@@ -78,6 +97,7 @@ class Container:
             subjects.apply(events)
 
         self.bus.subscribe(feed_read_model)
+        loaded.set()
         self.bus.subscribe(self.partner_access.on_events)
         self.scheduler = Scheduler(self.service, settings.scheduler_interval)
         self.bus.subscribe(self.scheduler.on_events)
@@ -95,6 +115,8 @@ class Container:
 
     async def stop(self) -> None:
         await self.scheduler.stop()
+        if self.feed is not None:
+            await self.feed.stop()
         if self.relay is not None:
             await self.relay.stop()
         await self.database.dispose()
@@ -108,8 +130,8 @@ class Container:
             database = False
         checks = {"database": database}
         details: dict[str, object] = {"position": self.subjects.position}
-        if self.relay is not None:
-            checks["nats"] = self.relay.connected
+        if self.relay is not None and self.feed is not None:
+            checks["nats"] = self.relay.connected and self.feed.connected
             details["relay"] = {"leader": self.relay.is_leader,
                                 "published_position": self.relay.published_position}
         return checks, details

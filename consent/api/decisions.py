@@ -83,7 +83,7 @@ class DecisionController(Controller):
             for item in data.items
         ]
         results = await decisions.decide_many(questions, data.min_position)
-        return BatchAnswer(results=results, position=decisions.position)
+        return BatchAnswer(results=results, position=max(r.position for r in results))
 
 
 class PermissionController(Controller):

@@ -43,38 +43,42 @@ class Question(Struct, frozen=True):
 
 
 class DecisionService:
-    def __init__(self, subjects: SubjectCache, catalog: Callable[[], Catalog], clock: Clock) -> None:
+    def __init__(self, subjects: SubjectCache, catalog: Callable[[], Catalog], clock: Clock,
+                 feed_wait: float = 0.25) -> None:
         self._subjects = subjects
         self._catalog = catalog
         self._clock = clock
+        self._feed_wait = feed_wait
 
-    async def _fresh_enough(self, min_position: int | None) -> bool:
-        """Whether local state may answer; if not, answers read the database.
+    async def _database_position(self, min_position: int | None) -> int | None:
+        """None when local state may answer; else the database's head, and answers read the database.
 
-        A write returns its position only after it was applied here, so on one process
-        this is always true for positions it handed out; another replica's positions
-        may be ahead of the local feed.
+        A write returns its position after it was applied here, so a process's own
+        positions are always local; another replica's may be ahead of the feed: wait
+        for the feed a little, then read the database rather than answer stale.
         """
         if min_position is None or min_position <= self._subjects.position:
-            return True
-        await self._subjects.catch_up_to(min_position)
-        if self._subjects.position < min_position:
+            return None
+        if await self._subjects.wait_for(min_position, self._feed_wait):
+            return None
+        head = await self._subjects.database_head()
+        if head < min_position:
             raise DomainError("unknown_position", f"position {min_position} has not been written")
-        return False
+        return head
 
     async def decide(self, question: Question, min_position: int | None = None) -> DecisionAnswer:
-        local = await self._fresh_enough(min_position)
-        state = await self._subjects.get(question.subject_id, fresh=not local)
-        return self._answer(question, state)
+        head = await self._database_position(min_position)
+        state = await self._subjects.get(question.subject_id, fresh=head is not None)
+        return self._answer(question, state, head)
 
     async def decide_many(self, questions: list[Question], min_position: int | None = None) -> list[DecisionAnswer]:
-        local = await self._fresh_enough(min_position)
-        states = await self._subjects.get_many([q.subject_id for q in questions], fresh=not local)
-        return [self._answer(q, states[q.subject_id]) for q in questions]
+        head = await self._database_position(min_position)
+        states = await self._subjects.get_many([q.subject_id for q in questions], fresh=head is not None)
+        return [self._answer(q, states[q.subject_id], head) for q in questions]
 
     async def permissions(self, partner_id: str, subject_id: str, min_position: int | None = None) -> Permissions:
-        local = await self._fresh_enough(min_position)
-        state = await self._subjects.get(subject_id, fresh=not local)
+        head = await self._database_position(min_position)
+        state = await self._subjects.get(subject_id, fresh=head is not None)
         catalog = self._catalog()
         partner = catalog.partner(partner_id)
         now = self._clock.now()
@@ -84,15 +88,15 @@ class DecisionService:
             if decision.permitted:
                 granted.append(Permission(purpose=purpose_id, scopes=decision.permitted,
                                           retain_until=decision.retain_until))
-        return Permissions(permissions=granted, position=self._subjects.position)
+        return Permissions(permissions=granted, position=max(head or 0, self._subjects.position))
 
     @property
     def position(self) -> int:
         return self._subjects.position
 
-    def _answer(self, question: Question, state) -> DecisionAnswer:
+    def _answer(self, question: Question, state, head: int | None) -> DecisionAnswer:
         now = self._clock.now()
         decision: Decision = decide(self._catalog(), state, question.partner, question.purpose, question.scopes, now)
         return DecisionAnswer(decision=decision.decision, permitted=decision.permitted, denied=decision.denied,
                               retain_until=decision.retain_until, purpose_version=decision.purpose_version,
-                              position=max(state.position, self._subjects.position), evaluated_at=now)
+                              position=max(state.position, head or 0, self._subjects.position), evaluated_at=now)

@@ -8,6 +8,8 @@ feed has been applied.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
@@ -34,6 +36,19 @@ class SubjectCache:
         # a state read from the database while a newer event was applied is not cached.
         self._recent_versions: OrderedDict[str, int] = OrderedDict()
         self.position = 0
+        self._advanced = asyncio.Event()
+
+    async def wait_for(self, position: int, timeout: float) -> bool:
+        """Wait until the feed has applied `position`, at most `timeout` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.position < position:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            advanced = self._advanced
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(advanced.wait(), remaining)
+        return True
 
     async def start(self) -> None:
         self.position = await self._reader.head_position()
@@ -66,12 +81,15 @@ class SubjectCache:
     async def get(self, subject_id: str, fresh: bool = False) -> SubjectConsents:
         return (await self.get_many([subject_id], fresh))[subject_id]
 
-    async def catch_up_to(self, position: int) -> None:
-        """Make `position` at least the given one by reading the database's head."""
-        if position > self.position:
-            self.position = max(self.position, await self._reader.head_position())
+    async def database_head(self) -> int:
+        """The log's head as the database has it (the feed may not have applied it yet)."""
+        return await self._reader.head_position()
 
     def apply(self, events: list[RecordedEvent]) -> None:
+        if events:
+            # Wake everyone waiting for a position, with a fresh event for the next wait.
+            self._advanced.set()
+            self._advanced = asyncio.Event()
         for item in events:
             self.position = max(self.position, item.position)
             if not item.stream_id.startswith(SUBJECT_PREFIX):
@@ -84,7 +102,9 @@ class SubjectCache:
             state = self._states.get(subject_id)
             if state is None:
                 continue
-            if state.version == item.stream_version - 1:
+            if state.version >= item.stream_version:
+                continue  # seen already: this process wrote it, or the feed repeats itself
+            if state.version == item.stream_version - 1 and item.event is not None:
                 state.apply(item.event)
                 state.position = item.position
             else:

@@ -35,11 +35,14 @@ class Written(msgspec.Struct):
 
 class ConsentService:
     def __init__(self, unit_of_work: Callable[[], UnitOfWork], bus: EventBus, clock: Clock,
-                 catalog: Catalog) -> None:
+                 catalog: Catalog, catalog_versions: dict[str, int] | None = None) -> None:
         self._unit_of_work = unit_of_work
         self._bus = bus
         self._clock = clock
         self.catalog = catalog
+        # Stream version of each catalog entity as held in memory: events arrive both from
+        # this process's commits and from the feed, in either order, and only newer ones count.
+        self._catalog_versions = catalog_versions if catalog_versions is not None else {}
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], retry: bool = True) -> T:
         for remaining in range(ATTEMPTS - 1, -1, -1):
@@ -54,9 +57,26 @@ class ConsentService:
         """Hand committed events on. Called before the unit of work is left, so that where writes are
         serialised (SQLite) in-process subscribers see events in commit order."""
         for item in recorded:
-            if not item.stream_id.startswith("subject:"):
+            if not item.stream_id.startswith("subject:") and self._is_newer(item.stream_id, item.stream_version):
                 self.catalog.apply(item.event)
         await self._bus.publish(recorded)
+
+    def _is_newer(self, stream_id: str, stream_version: int) -> bool:
+        if stream_version <= self._catalog_versions.get(stream_id, 0):
+            return False
+        self._catalog_versions[stream_id] = stream_version
+        return True
+
+    async def refresh_catalog_entity(self, stream_id: str, stream_version: int) -> None:
+        """Another process changed a catalog entity: read it as the database has it now."""
+        if stream_version <= self._catalog_versions.get(stream_id, 0):
+            return
+        kind, ident = stream_id.split(":", 1)
+        async with self._unit_of_work() as uow:
+            load = {"purpose": uow.load_purpose, "scope": uow.load_scope, "partner": uow.load_partner}[kind]
+            entity, version = await load(ident)
+        if entity is not None and self._is_newer(stream_id, version):
+            _put(self.catalog, entity)
 
     # Catalog
 

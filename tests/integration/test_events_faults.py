@@ -39,9 +39,13 @@ async def wait_until(predicate, timeout: float = 15.0, what: str = "condition") 
         await asyncio.sleep(0.1)
 
 
+SIGNING_KEY = "test-signing-key-shared-by-replicas"
+
+
 def start_service(database_url: str, nats_url: str, stream: str, prefix: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "CONSENT_DATABASE_URL": database_url, "CONSENT_NATS_URL": nats_url,
-           "CONSENT_ADMIN_KEYS": ADMIN_KEY, "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix}
+           "CONSENT_ADMIN_KEYS": ADMIN_KEY, "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix,
+           "CONSENT_TOKEN_SIGNING_KEY": SIGNING_KEY}
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "consent.api.app:create_app", "--factory", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"], env=env)

@@ -1,0 +1,90 @@
+"""The replica feed: every process follows the JetStream stream and applies what others committed.
+
+An ordered consumer per process, from the moment it starts (it loads its state from
+the database just after subscribing, and version checks make repeats harmless).
+Subject events fold into the cached states; a catalog event makes the process read
+that entity again from the database, since events on NATS leave out private fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from uuid import UUID
+
+import msgspec
+import nats
+from nats.js.api import DeliverPolicy
+
+from consent.adapters.cloudevents import TYPE_PREFIX
+from consent.adapters.nats_relay import ensure_stream
+from consent.app.ports import RecordedEvent
+from consent.domain.events import event_from_data
+
+log = logging.getLogger("consent.feed")
+
+
+class _CloudEvent(msgspec.Struct):
+    id: UUID
+    type: str
+    time: datetime
+    subject: str
+    data: dict
+
+
+_decode = msgspec.json.Decoder(_CloudEvent).decode
+
+
+def recorded_from_message(payload: bytes) -> RecordedEvent:
+    """The event a CloudEvent carries; `event` is None for catalog events (they are re-read)."""
+    cloud = _decode(payload)
+    tag = cloud.type.removeprefix(TYPE_PREFIX)
+    aggregate = tag.split(".", 1)[0]
+    data = dict(cloud.data)
+    position, stream_version = data.pop("position"), data.pop("stream_version")
+    event = event_from_data(tag, data) if aggregate == "subject" else None
+    return RecordedEvent(event_id=cloud.id, stream_id=f"{aggregate}:{cloud.subject}", stream_version=stream_version,
+                         position=position, event=event, recorded_at=cloud.time)  # type: ignore[arg-type]
+
+
+class NatsFeed:
+    def __init__(self, nats_url: str, stream: str, subject_prefix: str,
+                 on_catalog_change: Callable[[str, int], Awaitable[None]],
+                 on_events: Callable[[list[RecordedEvent]], Awaitable[None]]) -> None:
+        self._nats_url = nats_url
+        self._stream = stream
+        self._prefix = subject_prefix
+        self._on_catalog_change = on_catalog_change
+        self._on_events = on_events
+        self._nc: nats.NATS | None = None
+        self.connected = False
+
+    async def start(self) -> None:
+        self._nc = await nats.connect(self._nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                      name="consent-feed", disconnected_cb=self._down, reconnected_cb=self._up)
+        js = self._nc.jetstream()
+        await ensure_stream(js, self._stream, self._prefix)
+        await js.subscribe(f"{self._prefix}.>", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+                           cb=self._handle)
+        self.connected = True
+
+    async def stop(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    async def _down(self) -> None:
+        self.connected = False
+
+    async def _up(self) -> None:
+        self.connected = True
+
+    async def _handle(self, msg) -> None:
+        try:
+            recorded = recorded_from_message(msg.data)
+            if recorded.event is None:
+                # Before the position moves: an answer at this position must see the change.
+                await self._on_catalog_change(recorded.stream_id, recorded.stream_version)
+            await self._on_events([recorded])
+        except Exception as error:  # noqa: BLE001 - one bad message must not stop the feed
+            log.warning("feed could not apply a message (%s)", type(error).__name__)

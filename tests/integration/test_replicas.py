@@ -1,0 +1,99 @@
+"""Two service processes over one PostgreSQL and one NATS: what one commits, the other honours."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN, NATS_URL, empty_tables
+from tests.integration.test_events_faults import free_port, ready, start_service, wait_until
+
+MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
+
+
+@pytest.fixture
+async def replicas(postgresql_url, nats_names):
+    await empty_tables(postgresql_url)
+    stream, prefix = nats_names
+    ports = [free_port(), free_port()]
+    services = [start_service(postgresql_url, NATS_URL, stream, prefix, port) for port in ports]
+    clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=ADMIN) for port in ports]
+    try:
+        for port in ports:
+            await wait_until(lambda port=port: ready(f"http://127.0.0.1:{port}"), what="replica ready")
+        yield clients
+    finally:
+        for client in clients:
+            await client.aclose()
+        for service in services:
+            service.kill()
+            service.wait(timeout=10)
+
+
+async def test_catalog_changes_reach_the_other_replica(replicas):
+    a, b = replicas
+    await a.put("/v1/scopes/orders", json={"title": "O", "description": "", "sensitivity": "low"})
+    await a.put("/v1/purposes/marketing", json=MARKETING)
+    await a.put("/v1/partners/acme", json={"name": "Acme", "status": "active", "data_uses": {"marketing": ["orders"]}})
+
+    async def b_knows() -> bool:
+        return (await b.get("/v1/partners/acme")).status_code == 200
+
+    await wait_until(b_knows, timeout=5, what="replica B to learn the catalog")
+    # A consent write through B validates against what A defined.
+    granted = await b.post("/v1/subjects/u/consents", json={
+        "changes": [{"purpose": "marketing", "partner": "acme", "action": "grant"}]})
+    assert granted.status_code == 200, granted.text
+
+    await a.post("/v1/partners/acme/suspend")
+    question = {"subject_id": "u", "purpose": "marketing", "scopes": ["orders"], "partner": "acme"}
+
+    async def b_denies() -> bool:
+        answer = (await b.post("/v1/decisions", json=question)).json()
+        return answer["denied"] == [{"scope": "orders", "reason": "partner_inactive"}]
+
+    await wait_until(b_denies, timeout=5, what="replica B to see the suspension")
+
+
+async def test_min_position_from_a_means_no_stale_answer_on_b(replicas):
+    a, b = replicas
+    await a.put("/v1/scopes/orders", json={"title": "O", "description": "", "sensitivity": "low"})
+    await a.put("/v1/purposes/marketing", json=MARKETING)
+    await wait_until(lambda: _has_purpose(b), timeout=5, what="replica B to learn the purpose")
+    question = {"subject_id": "z", "purpose": "marketing", "scopes": ["orders"]}
+    stale = 0
+    for n in range(40):
+        action = "grant" if n % 2 == 0 else "withdraw"
+        written = (await a.post("/v1/subjects/z/consents", json={
+            "changes": [{"purpose": "marketing", "action": action}]})).json()
+        answer = (await b.post("/v1/decisions", json={**question, "min_position": written["position"]})).json()
+        assert answer["position"] >= written["position"]
+        stale += answer["decision"] != ("permit" if action == "grant" else "deny")
+    assert stale == 0
+
+
+async def test_without_min_position_b_follows_within_the_propagation_bound(replicas):
+    a, b = replicas
+    await a.put("/v1/scopes/orders", json={"title": "O", "description": "", "sensitivity": "low"})
+    await a.put("/v1/purposes/marketing", json=MARKETING)
+    await wait_until(lambda: _has_purpose(b), timeout=5, what="replica B to learn the purpose")
+    question = {"subject_id": "p", "purpose": "marketing", "scopes": ["orders"]}
+    delays = []
+    for n in range(20):
+        action = "grant" if n % 2 == 0 else "withdraw"
+        expected = "permit" if action == "grant" else "deny"
+        await b.post("/v1/decisions", json=question)  # B holds the subject in its cache
+        await a.post("/v1/subjects/p/consents", json={"changes": [{"purpose": "marketing", "action": action}]})
+        started = time.perf_counter()
+        while (await b.post("/v1/decisions", json=question)).json()["decision"] != expected:
+            assert time.perf_counter() - started < 2.0, "replica B did not follow within 2 s"
+        delays.append((time.perf_counter() - started) * 1000)
+    print(f"propagation A->B seen by polling B: p50 {statistics.median(delays):.1f} ms, max {max(delays):.1f} ms")
+
+
+async def _has_purpose(client) -> bool:
+    return (await client.get("/v1/purposes/marketing")).status_code == 200
