@@ -19,6 +19,7 @@ run: install
 	$(BIN)/consent serve
 
 test: install-dev
+	$(BIN)/ruff check consent tests examples
 	$(BIN)/python -m pytest -q
 
 openapi: install

@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -37,7 +37,7 @@ class FakeClock:
     """A clock the test moves by hand."""
 
     def __init__(self, now: datetime | None = None) -> None:
-        self.current = now or datetime(2026, 3, 3, 12, 0, tzinfo=timezone.utc)
+        self.current = now or datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
 
     def now(self) -> datetime:
         return self.current

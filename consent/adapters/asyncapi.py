@@ -16,7 +16,6 @@ from consent.adapters.cloudevents import PRIVATE_FIELDS, TYPE_PREFIX
 from consent.domain.events import EVENT_TYPES
 
 
-
 def _channel(tag: str) -> tuple[str, str, dict[str, Any]]:
     aggregate, kind = tag.split(".", 1)
     if aggregate == "subject":

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import nats
 import sqlalchemy as sa
@@ -188,7 +188,7 @@ class Relay:
         async with self._database.engine.begin() as conn:
             upsert = self._database.upsert(relay_checkpoints).values(
                 name=self._name, transaction_id=transaction_id, position=position,
-                updated_at=datetime.now(timezone.utc))
+                updated_at=datetime.now(UTC))
             await conn.execute(upsert.on_conflict_do_update(
                 index_elements=[relay_checkpoints.c.name],
                 set_={"transaction_id": upsert.excluded.transaction_id, "position": upsert.excluded.position,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -127,7 +127,7 @@ class SqlUnitOfWork:
 
     async def _append(self, stream_id: str, expected_version: int, new_events: list[Event],
                       actor: str) -> list[RecordedEvent]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [
             {"event_id": uuid.uuid4(), "stream_id": stream_id, "stream_version": expected_version + n,
              "type": event_type(event), "data": event_data(event), "metadata": {"actor": actor},
@@ -144,7 +144,7 @@ class SqlUnitOfWork:
         return [
             RecordedEvent(event_id=row["event_id"], stream_id=stream_id, stream_version=row["stream_version"],
                           position=position, event=event, recorded_at=now)
-            for row, position, event in zip(rows, positions, new_events)
+            for row, position, event in zip(rows, positions, new_events, strict=True)
         ]
 
     async def read_stream(self, stream_id: str, after: int, limit: int) -> list[RecordedEvent]:
@@ -256,7 +256,7 @@ class SqlUnitOfWork:
     async def remember_answer(self, key: str, request_hash: str, answer: Any) -> None:
         try:
             await self.conn.execute(sa.insert(idempotency_keys).values(
-                key=key, request_hash=request_hash, response=answer, created_at=datetime.now(timezone.utc)))
+                key=key, request_hash=request_hash, response=answer, created_at=datetime.now(UTC)))
         except IntegrityError:
             # Another request with this key committed first; this one rolls back whole.
             raise Conflict("idempotency_key_in_flight",

@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import HeaderParameter, Parameter
+from litestar.params import HeaderParameter
 
 from consent.adapters import migrate
 from consent.adapters.database import Database

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get, post, put
 from litestar.params import FromPath, JSONBody
-from litestar.di import NamedDependency
 
 from consent.api.auth import Principal, require_admin
+from consent.api.deps import Caller, Service
 from consent.api.errors import ERRORS, created
 from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
 from consent.app.services import ConsentService, Written
@@ -14,7 +14,6 @@ from consent.app.views import PartnerView, PurposeView, ScopeView, partner_view,
 from consent.domain import catalog as cat
 from consent.domain.errors import DomainError, NotFound
 from consent.domain.ids import check_scope, check_slug
-
 
 # The log names a scope's stream `scope:<id>` in a 200-character column, shorter than the 255
 # check_scope allows: a longer id would fail in PostgreSQL (503) instead of being refused.
@@ -31,8 +30,8 @@ class PurposeController(Controller):
 
     @put("/{purpose_id:str}", summary="Define or revise a purpose (admin)",
          responses=created(PurposeView), status_code=200)
-    async def put_purpose(self, purpose_id: FromPath[str], data: JSONBody[PurposeIn], principal: NamedDependency[Principal],
-                          service: NamedDependency[ConsentService]) -> Response[PurposeView]:
+    async def put_purpose(self, purpose_id: FromPath[str], data: JSONBody[PurposeIn], principal: Caller,
+                          service: Service) -> Response[PurposeView]:
         require_admin(principal)
         check_slug(purpose_id, "purpose")
         spec = cat.PurposeSpec(title=data.title, description=data.description, legal_basis=data.legal_basis,
@@ -41,19 +40,19 @@ class PurposeController(Controller):
         return _written(written, purpose_view)
 
     @get("/", summary="List purposes (any authenticated caller)", responses=ERRORS)
-    async def list_purposes(self, 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PurposeView]:
+    async def list_purposes(self,
+                principal: Caller, service: Service) -> list[PurposeView]:
         return [purpose_view(p) for _, p in sorted(service.catalog.purposes.items())]
 
     @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)", responses=ERRORS)
-    async def get_purpose(self, purpose_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
+    async def get_purpose(self, purpose_id: FromPath[str],
+                principal: Caller, service: Service) -> PurposeView:
         return purpose_view(service.catalog.purpose(purpose_id))
 
     @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200,
           responses=ERRORS)
-    async def retire_purpose(self, purpose_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PurposeView:
+    async def retire_purpose(self, purpose_id: FromPath[str],
+                principal: Caller, service: Service) -> PurposeView:
         require_admin(principal)
         check_slug(purpose_id, "purpose")
         return purpose_view((await service.retire_purpose(purpose_id, principal.actor)).entity)
@@ -64,8 +63,8 @@ class ScopeController(Controller):
     tags = ["catalog"]
 
     @put("/{scope_id:str}", summary="Define a scope (admin)", responses=created(ScopeView), status_code=200)
-    async def put_scope(self, scope_id: FromPath[str], data: JSONBody[ScopeIn], principal: NamedDependency[Principal],
-                        service: NamedDependency[ConsentService]) -> Response[ScopeView]:
+    async def put_scope(self, scope_id: FromPath[str], data: JSONBody[ScopeIn], principal: Caller,
+                        service: Service) -> Response[ScopeView]:
         require_admin(principal)
         check_scope(scope_id)
         if len(scope_id) > MAX_SCOPE_ID:
@@ -74,13 +73,13 @@ class ScopeController(Controller):
         return _written(await service.put_scope(scope_id, spec, principal.actor), scope_view)
 
     @get("/", summary="List scopes (any authenticated caller)", responses=ERRORS)
-    async def list_scopes(self, 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[ScopeView]:
+    async def list_scopes(self,
+                principal: Caller, service: Service) -> list[ScopeView]:
         return [scope_view(s) for _, s in sorted(service.catalog.scopes.items())]
 
     @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)", responses=ERRORS)
-    async def get_scope(self, scope_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> ScopeView:
+    async def get_scope(self, scope_id: FromPath[str],
+                principal: Caller, service: Service) -> ScopeView:
         scope = service.catalog.scopes.get(scope_id)
         if scope is None:
             raise NotFound("scope", scope_id)
@@ -91,9 +90,10 @@ class PartnerController(Controller):
     path = "/v1/partners"
     tags = ["partners"]
 
-    @put("/{partner_id:str}", summary="Register or update a partner (admin)", responses=created(PartnerView), status_code=200)
-    async def put_partner(self, partner_id: FromPath[str], data: JSONBody[PartnerIn], principal: NamedDependency[Principal],
-                          service: NamedDependency[ConsentService]) -> Response[PartnerView]:
+    @put("/{partner_id:str}", summary="Register or update a partner (admin)", responses=created(PartnerView),
+         status_code=200)
+    async def put_partner(self, partner_id: FromPath[str], data: JSONBody[PartnerIn], principal: Caller,
+                          service: Service) -> Response[PartnerView]:
         require_admin(principal)
         check_slug(partner_id, "partner")
         spec = cat.PartnerSpec(name=data.name, status=data.status,
@@ -102,34 +102,34 @@ class PartnerController(Controller):
         return _written(await service.put_partner(partner_id, spec, principal.actor), partner_view)
 
     @get("/", summary="List partners (admin)", responses=ERRORS)
-    async def list_partners(self, 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> list[PartnerView]:
+    async def list_partners(self,
+                principal: Caller, service: Service) -> list[PartnerView]:
         require_admin(principal)
         return [partner_view(p) for _, p in sorted(service.catalog.partners.items())]
 
     @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)", responses=ERRORS)
-    async def get_partner(self, partner_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    async def get_partner(self, partner_id: FromPath[str],
+                principal: Caller, service: Service) -> PartnerView:
         if not (principal.kind == "partner" and principal.id == partner_id):
             require_admin(principal)
         return partner_view(service.catalog.partner(partner_id))
 
     @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200,
           responses=ERRORS)
-    async def suspend(self, partner_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    async def suspend(self, partner_id: FromPath[str],
+                principal: Caller, service: Service) -> PartnerView:
         return await _change_status(partner_id, "suspend", principal, service)
 
     @post("/{partner_id:str}/reinstate", summary="Reinstate a suspended partner (admin)", status_code=200,
           responses=ERRORS)
-    async def reinstate(self, partner_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    async def reinstate(self, partner_id: FromPath[str],
+                principal: Caller, service: Service) -> PartnerView:
         return await _change_status(partner_id, "reinstate", principal, service)
 
     @post("/{partner_id:str}/terminate", summary="Terminate a partner, finally (admin)", status_code=200,
           responses=ERRORS)
-    async def terminate(self, partner_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService]) -> PartnerView:
+    async def terminate(self, partner_id: FromPath[str],
+                principal: Caller, service: Service) -> PartnerView:
         return await _change_status(partner_id, "terminate", principal, service)
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 from msgspec import Meta, Struct
 
 from consent.api.auth import Principal
+from consent.api.deps import Caller, Decisions
 from consent.api.errors import ERRORS, forbidden
-from consent.app.decisions import DecisionAnswer, DecisionService, Permissions, Question
+from consent.app.decisions import DecisionAnswer, Permissions, Question
 
 SubjectId = Annotated[str, Meta(min_length=1, max_length=128)]
 Slug = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -67,15 +67,15 @@ class DecisionController(Controller):
 
     @post("/", status_code=200, responses=ERRORS,
           summary="May this partner use these scopes of this subject for this purpose, and until when?")
-    async def decide(self, data: JSONBody[DecisionRequest], principal: NamedDependency[Principal],
-                     decisions: NamedDependency[DecisionService]) -> DecisionAnswer:
+    async def decide(self, data: JSONBody[DecisionRequest], principal: Caller,
+                     decisions: Decisions) -> DecisionAnswer:
         partner = asking_partner(principal, data.partner)
         question = Question(subject_id=data.subject_id, purpose=data.purpose, scopes=data.scopes, partner=partner)
         return await decisions.decide(question, data.min_position)
 
     @post("/batch", status_code=200, responses=ERRORS, summary=f"Up to {BATCH_LIMIT} decisions in one request")
-    async def decide_batch(self, data: JSONBody[BatchRequest], principal: NamedDependency[Principal],
-                           decisions: NamedDependency[DecisionService]) -> BatchAnswer:
+    async def decide_batch(self, data: JSONBody[BatchRequest], principal: Caller,
+                           decisions: Decisions) -> BatchAnswer:
         default = asking_partner(principal, data.partner)
         questions = [
             Question(subject_id=item.subject_id, purpose=item.purpose, scopes=item.scopes,
@@ -91,8 +91,8 @@ class PermissionController(Controller):
     tags = ["decisions"]
 
     @get("/", responses=ERRORS, summary="What this partner may do with this subject's data, by purpose")
-    async def permissions(self, subject_id: FromPath[str], principal: NamedDependency[Principal],
-                          decisions: NamedDependency[DecisionService],
+    async def permissions(self, subject_id: FromPath[str], principal: Caller,
+                          decisions: Decisions,
                           partner: Annotated[str | None, Parameter(max_length=64, required=False)] = None,
                           min_position: Annotated[int | None, Parameter(ge=0, required=False)] = None,
                           ) -> Permissions:

@@ -7,8 +7,8 @@ from typing import Any
 
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from msgspec import Struct
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from msgspec import Struct
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from consent.domain.errors import DomainError

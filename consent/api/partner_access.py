@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, post
-from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 
-from consent.api.auth import Principal, require_admin
+from consent.api.auth import require_admin
+from consent.api.deps import Access, Caller
 from consent.api.errors import ERRORS, created
-from consent.app.partner_access import AccessToken, IssuedCredential, PartnerAccess, TokenRefused
+from consent.app.partner_access import AccessToken, IssuedCredential, TokenRefused
 from consent.domain.ids import check_slug
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -23,8 +23,8 @@ class CredentialController(Controller):
 
     @post("/", status_code=201, responses=created(IssuedCredential),
           summary="Issue a client credential; the secret is shown once (admin)")
-    async def create(self, partner_id: FromPath[str], principal: NamedDependency[Principal],
-                     partner_access: NamedDependency[PartnerAccess]) -> Response[IssuedCredential]:
+    async def create(self, partner_id: FromPath[str], principal: Caller,
+                     partner_access: Access) -> Response[IssuedCredential]:
         require_admin(principal)
         check_slug(partner_id, "partner")
         issued = await partner_access.create_credential(partner_id)
@@ -32,8 +32,8 @@ class CredentialController(Controller):
 
     @delete("/{client_id:str}", status_code=204, responses=ERRORS,
             summary="Revoke a client credential; its tokens stop working at once (admin)")
-    async def revoke(self, partner_id: FromPath[str], client_id: FromPath[str], principal: NamedDependency[Principal],
-                     partner_access: NamedDependency[PartnerAccess]) -> None:
+    async def revoke(self, partner_id: FromPath[str], client_id: FromPath[str], principal: Caller,
+                     partner_access: Access) -> None:
         require_admin(principal)
         await partner_access.revoke_credential(partner_id, client_id)
 
@@ -41,7 +41,7 @@ class CredentialController(Controller):
 @post("/v1/oauth/token", status_code=200, tags=["partners"], security=[],
       summary="Client credentials grant (RFC 6749 §4.4): a short-lived partner access token")
 async def token(data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
-                partner_access: NamedDependency[PartnerAccess]) -> Response[AccessToken]:
+                partner_access: Access) -> Response[AccessToken]:
     try:
         issued = await partner_access.issue_token(data.get("grant_type"), data.get("client_id"),
                                                   data.get("client_secret"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
@@ -69,6 +69,6 @@ def _utc(value: datetime | None, field: str) -> datetime | None:
     if value is None or value.tzinfo is None:
         return value
     try:
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"{field} is out of range once converted to UTC") from None

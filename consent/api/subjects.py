@@ -9,12 +9,11 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
-from litestar.di import NamedDependency
 
-from consent.api.auth import Principal, require_subject_access
+from consent.api.auth import require_subject_access
+from consent.api.deps import Caller, Service
 from consent.api.errors import ERRORS, problem
 from consent.api.schemas import ConsentRequest
-from consent.app.services import ConsentService
 from consent.app.views import HistoryView, SubjectConsentsView
 from consent.domain.events import Evidence
 from consent.domain.ids import check_subject
@@ -37,7 +36,7 @@ def _expected_version(if_match: str | None) -> int | None:
     return int(match.group(2))
 
 
-def _gpc(principal: NamedDependency[Principal], sec_gpc: str | None) -> bool:
+def _gpc(principal: Caller, sec_gpc: str | None) -> bool:
     """Global Privacy Control counts when the end user's own agent sends it."""
     return principal.kind == "user" and (sec_gpc or "").strip() == "1"
 
@@ -46,9 +45,10 @@ class SubjectController(Controller):
     path = "/v1/subjects/{subject_id:str}"
     tags = ["consents"]
 
-    @post("/consents", status_code=200, summary="Change consents, all or nothing (the subject, or admin)", responses=ERRORS)
-    async def change_consents(self, subject_id: FromPath[str], data: JSONBody[ConsentRequest], principal: NamedDependency[Principal],
-                              service: NamedDependency[ConsentService], idempotency_key: IdempotencyKey = None,
+    @post("/consents", status_code=200, responses=ERRORS,
+          summary="Change consents, all or nothing (the subject, or admin)")
+    async def change_consents(self, subject_id: FromPath[str], data: JSONBody[ConsentRequest], principal: Caller,
+                              service: Service, idempotency_key: IdempotencyKey = None,
                               if_match: IfMatch = None, sec_gpc: SecGpc = None) -> SubjectConsentsView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
@@ -69,8 +69,8 @@ class SubjectController(Controller):
         return answer
 
     @get("/consents", summary="Current consents (the subject, or admin)", responses=ERRORS)
-    async def get_consents(self, subject_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
+    async def get_consents(self, subject_id: FromPath[str],
+                principal: Caller, service: Service,
                            sec_gpc: SecGpc = None) -> SubjectConsentsView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
@@ -79,8 +79,8 @@ class SubjectController(Controller):
         return await service.subject_consents(subject_id)
 
     @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)", responses=ERRORS)
-    async def history(self, subject_id: FromPath[str], 
-                principal: NamedDependency[Principal], service: NamedDependency[ConsentService],
+    async def history(self, subject_id: FromPath[str],
+                principal: Caller, service: Service,
                       after: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
                       limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryView:
         require_subject_access(principal, subject_id)

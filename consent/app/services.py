@@ -14,7 +14,11 @@ from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, NotFound, VersionConflict
 from consent.domain.events import Event, Evidence, GlobalOptOutRecorded, Source
 from consent.domain.subject import (
-    Change, SubjectConsents, change_consents, expire_due, withdraw_for_terminated_partner,
+    Change,
+    SubjectConsents,
+    change_consents,
+    expire_due,
+    withdraw_for_terminated_partner,
 )
 
 T = TypeVar("T")

@@ -15,8 +15,18 @@ from msgspec import Struct, structs
 from consent.domain.durations import parse_duration
 from consent.domain.errors import Conflict, DomainError, NotFound
 from consent.domain.events import (
-    Event, LegalBasis, PartnerReinstated, PartnerRegistered, PartnerStatus, PartnerSuspended,
-    PartnerTerminated, PartnerUpdated, PurposeDefined, PurposeRetired, PurposeRevised, ScopeDefined,
+    Event,
+    LegalBasis,
+    PartnerRegistered,
+    PartnerReinstated,
+    PartnerStatus,
+    PartnerSuspended,
+    PartnerTerminated,
+    PartnerUpdated,
+    PurposeDefined,
+    PurposeRetired,
+    PurposeRevised,
+    ScopeDefined,
     Sensitivity,
 )
 from consent.domain.ids import check_scope, check_slug, covers

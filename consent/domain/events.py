@@ -117,7 +117,7 @@ class PartnerTerminated(Event, frozen=True, tag="partner.terminated"):
     partner_id: str
 
 
-AnyEvent = Union[
+AnyEvent = Union[  # noqa: UP007 - a runtime union of the classes, iterated below
     ConsentGranted, ConsentWithdrawn, ConsentExpired, ObjectionRecorded, GlobalOptOutRecorded,
     SubjectErased, PurposeDefined, PurposeRevised, PurposeRetired, ScopeDefined,
     PartnerRegistered, PartnerUpdated, PartnerSuspended, PartnerReinstated, PartnerTerminated,

@@ -14,10 +14,18 @@ from msgspec import Struct, structs
 from consent.domain.catalog import CONSENT_BASED, Catalog
 from consent.domain.errors import DomainError
 from consent.domain.events import (
-    ConsentExpired, ConsentGranted, ConsentWithdrawn, Event, Evidence, GlobalOptOutRecorded,
-    ObjectionRecorded, Source, SubjectChange, SubjectErased,
+    ConsentExpired,
+    ConsentGranted,
+    ConsentWithdrawn,
+    Event,
+    Evidence,
+    GlobalOptOutRecorded,
+    ObjectionRecorded,
+    Source,
+    SubjectChange,
+    SubjectErased,
 )
-from consent.domain.ids import check_scope, check_slug, covered_by_any
+from consent.domain.ids import check_scope, check_slug
 
 Status = Literal["granted", "withdrawn", "expired", "objected"]
 Key = tuple[str, "str | None"]
@@ -62,7 +70,8 @@ class SubjectConsents:
     def apply(self, event: Event) -> None:
         self.version += 1
         if isinstance(event, SubjectChange):
-            self.records[(event.purpose, event.partner)] = _record_after(self.records.get((event.purpose, event.partner)), event)
+            key = (event.purpose, event.partner)
+            self.records[key] = _record_after(self.records.get(key), event)
         elif isinstance(event, GlobalOptOutRecorded):
             self.global_opt_out = True
         elif isinstance(event, SubjectErased):

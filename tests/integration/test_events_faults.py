@@ -10,11 +10,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import httpx
 import nats
-import pytest
 from litestar.testing import AsyncTestClient
 
 from consent.api.app import create_app

@@ -68,7 +68,8 @@ async def test_events_are_cloudevents_on_the_contract_subjects(events_app, postg
     live = await nc.subscribe(f"{prefix}.>")  # a plain subscriber, as a platform team would write
     await nc.flush()  # the subscription is registered before the first event is published
     try:
-        await client.put("/v1/scopes/orders", headers=ADMIN, json={"title": "O", "description": "", "sensitivity": "low"})
+        await client.put("/v1/scopes/orders", headers=ADMIN,
+                         json={"title": "O", "description": "", "sensitivity": "low"})
         await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
         await client.put("/v1/partners/acme", headers=ADMIN,
                          json={"name": "Acme Ltd", "status": "active", "data_uses": {"marketing": ["orders"]}})

@@ -8,13 +8,29 @@ import pytest
 from msgspec import structs
 
 from consent.domain.catalog import (
-    Catalog, PartnerSpec, PurposeSpec, ScopeSpec, define_purpose, define_scope, reinstate_partner,
-    register_partner, retire_purpose, suspend_partner, terminate_partner,
+    Catalog,
+    PartnerSpec,
+    PurposeSpec,
+    ScopeSpec,
+    define_purpose,
+    define_scope,
+    register_partner,
+    reinstate_partner,
+    retire_purpose,
+    suspend_partner,
+    terminate_partner,
 )
 from consent.domain.errors import Conflict, DomainError
 from consent.domain.events import (
-    PartnerRegistered, PartnerReinstated, PartnerSuspended, PartnerTerminated, PartnerUpdated,
-    PurposeDefined, PurposeRetired, PurposeRevised, ScopeDefined,
+    PartnerRegistered,
+    PartnerReinstated,
+    PartnerSuspended,
+    PartnerTerminated,
+    PartnerUpdated,
+    PurposeDefined,
+    PurposeRetired,
+    PurposeRevised,
+    ScopeDefined,
 )
 
 NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)

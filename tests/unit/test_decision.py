@@ -14,13 +14,25 @@ from hypothesis import strategies as st
 from msgspec import structs
 
 from consent.domain.catalog import (
-    Catalog, PartnerSpec, PurposeSpec, ScopeSpec, define_purpose, define_scope, register_partner,
-    retire_purpose, suspend_partner, terminate_partner,
+    Catalog,
+    PartnerSpec,
+    PurposeSpec,
+    ScopeSpec,
+    define_purpose,
+    define_scope,
+    register_partner,
+    retire_purpose,
+    suspend_partner,
+    terminate_partner,
 )
 from consent.domain.decision import REASONS, Decision, Denied, decide
 from consent.domain.durations import parse_duration
 from consent.domain.events import (
-    ConsentExpired, ConsentGranted, ConsentWithdrawn, GlobalOptOutRecorded, ObjectionRecorded,
+    ConsentExpired,
+    ConsentGranted,
+    ConsentWithdrawn,
+    GlobalOptOutRecorded,
+    ObjectionRecorded,
 )
 from consent.domain.subject import Change, SubjectConsents, change_consents
 

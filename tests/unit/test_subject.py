@@ -8,12 +8,25 @@ import pytest
 from msgspec import structs
 
 from consent.domain.catalog import (
-    Catalog, PartnerSpec, PurposeSpec, ScopeSpec, define_purpose, define_scope, register_partner,
-    retire_purpose, suspend_partner, terminate_partner,
+    Catalog,
+    PartnerSpec,
+    PurposeSpec,
+    ScopeSpec,
+    define_purpose,
+    define_scope,
+    register_partner,
+    retire_purpose,
+    suspend_partner,
+    terminate_partner,
 )
 from consent.domain.errors import DomainError
 from consent.domain.events import (
-    ConsentExpired, ConsentGranted, ConsentWithdrawn, Evidence, GlobalOptOutRecorded, ObjectionRecorded,
+    ConsentExpired,
+    ConsentGranted,
+    ConsentWithdrawn,
+    Evidence,
+    GlobalOptOutRecorded,
+    ObjectionRecorded,
     SubjectErased,
 )
 from consent.domain.subject import Change, ConsentRecord, SubjectConsents, change_consents
