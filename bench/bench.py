@@ -202,6 +202,28 @@ def wrk_version(wrk: str) -> str:
     return first.split(" Copyright")[0].strip()
 
 
+def listening_pid(port: int) -> int | None:
+    """The process listening on this local TCP port, when it is on this machine and visible."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return int(entry.name)
+    return None
+
+
 class CpuMeter:
     """Where the CPU went during a run, in percent of one core: the server process, the PostgreSQL
     backends serving the bench database, wrk (a reaped child), this process, and everything else
@@ -314,7 +336,7 @@ end
 def lua_prelude(args: argparse.Namespace, seed: int) -> str:
     return (f"local N = {args.subjects}\nlocal PREFIX = {lua_str(args.subject_prefix)}\n"
             f"local FMT = {lua_str('%s%0' + str(subject_width(args.subjects)) + 'd')}\n"
-            f"function init(args) math.randomseed({seed}) end\n"
+            f"function init(args) math.randomseed({seed} + (tonumber(args[1]) or 0)) end\n"
             "local function sid(i) return string.format(FMT, PREFIX, i) end\n")
 
 
@@ -356,7 +378,8 @@ def lua_batch(args: argparse.Namespace, token: str) -> str:
             "    for k = 1, SIZE do\n"
             "      items[k] = '{\"subject_id\":\"' .. sid(math.random(0, N - 1)) .. QUESTIONS[math.random(NQ)]\n"
             "    end\n"
-            "    bodies[b] = wrk.format(nil, \"/v1/decisions/batch\", nil, '{\"items\":[' .. table.concat(items, ',') .. ']}')\n"
+            "    local body = '{\"items\":[' .. table.concat(items, ',') .. ']}'\n"
+            "    bodies[b] = wrk.format(nil, \"/v1/decisions/batch\", nil, body)\n"
             "  end\nend\n"
             "function request()\n  if bodies == nil then build() end\n  return bodies[math.random(POOL)]\nend\n"
             + LUA_COMMON)
@@ -385,13 +408,14 @@ def lua_writes(args: argparse.Namespace, admin_key: str) -> str:
             "function request()\n"
             "  count = count + 1\n"
             "  local i, body\n"
-            "  if tail - head + 1 > GAP and math.random() < 0.5 then\n"
+            "  local held = tail - head + 1\n"
+            "  if (held > GAP and math.random() < 0.5) or held >= N / 2 then\n"
             "    i = queue[head]; queue[head] = nil; head = head + 1\n"
             "    granted[i] = nil\n"
             "    body = WITHDRAW\n"
             "  else\n"
             "    repeat i = math.random(0, N - 1)\n"
-            "    until granted[i] == nil and (touched[i] == nil or count - touched[i] > GAP or N <= 2 * GAP)\n"
+            "    until granted[i] == nil and (touched[i] == nil or count - touched[i] > GAP or N <= 8 * GAP)\n"
             "    tail = tail + 1; queue[tail] = i; granted[i] = true\n"
             "    body = GRANT\n"
             "  end\n"
@@ -415,6 +439,8 @@ class Bench:
         self.problems: list[str] = []
         self.credential: tuple[str, str] | None = None  # (client_id, client_secret)
         self.width = subject_width(args.subjects)
+        self.wrk_runs = 0  # each wrk run draws its own random sequence
+        self.server_pid: int | None = None  # ours, or found by the --url port when it is local
 
     # --- infrastructure --------------------------------------------------------------------
 
@@ -460,7 +486,8 @@ class Bench:
         env.update(CONSENT_DATABASE_URL=self.database_url, CONSENT_ADMIN_KEYS=self.admin_key,
                    CONSENT_TOKEN_SIGNING_KEY=secrets.token_urlsafe(32), CONSENT_PARTNER_RATE_LIMIT="0")
         uvicorn = Path(sys.executable).parent / "uvicorn"
-        command = [str(uvicorn) if uvicorn.exists() else sys.executable, *([] if uvicorn.exists() else ["-m", "uvicorn"]),
+        launcher = [str(uvicorn)] if uvicorn.exists() else [sys.executable, "-m", "uvicorn"]
+        command = [*launcher,
                    "consent.api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
                    "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                    "--log-level", "warning"]
@@ -482,7 +509,8 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server not ready after 60 s:\n{self.server_log_tail()}")
                 await asyncio.sleep(0.1)
-        log(f"server: pid {self.server.pid} on {self.base_url} ({shlex.join(command[-16:])})")
+        self.server_pid = self.server.pid
+        log(f"server: pid {self.server.pid} on {self.base_url}")
 
     def server_log_tail(self, lines: int = 40) -> str:
         if self.server_log is None or not self.server_log.exists():
@@ -552,7 +580,7 @@ class Bench:
     async def seed_subjects(self, client: httpx.AsyncClient) -> None:
         args = self.args
         rng = random.Random(args.seed)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         plans = [subject_plan(rng, now) for _ in range(args.subjects)]
         sources = ["web", "app", "api"]
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -593,7 +621,8 @@ class Bench:
         mix = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k not in ("requests", "changes"))
         log(f"seed: {args.subjects} subjects, {stats['requests']} requests, {stats['changes']} changes in "
             f"{elapsed:.1f} s ({stats['requests'] / elapsed:.0f} requests/s at {args.seed_concurrency} in flight "
-            f"from httpx; p50 {1000 * percentile(latencies, 50):.1f} ms, p99 {1000 * percentile(latencies, 99):.1f} ms)")
+            f"from httpx; p50 {1000 * percentile(latencies, 50):.1f} ms, "
+            f"p99 {1000 * percentile(latencies, 99):.1f} ms)")
         log(f"seed: changes by kind: {mix}")
         self.results["seed"] = {"subjects": args.subjects, "requests": stats["requests"],
                                 "changes": stats["changes"], "seconds": round(elapsed, 2),
@@ -641,13 +670,14 @@ class Bench:
         script_path = self.tmp / f"{name}.lua"
         script_path.write_text(script)
         command = [self.args.wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
-                   "-s", str(script_path), f"{self.base_url}{path}"]
+                   "-s", str(script_path), f"{self.base_url}{path}", "--", str(self.wrk_runs)]
+        self.wrk_runs += 1
         self.wrk_proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await self.wrk_proc.communicate()
         code = self.wrk_proc.returncode
         self.wrk_proc = None
-        line = next((l for l in stdout.decode().splitlines() if l.startswith("BENCH_RESULT ")), None)
+        line = next((x for x in stdout.decode().splitlines() if x.startswith("BENCH_RESULT ")), None)
         if code != 0 or line is None:
             raise RuntimeError(f"wrk failed ({code}): {shlex.join(command)}\n{stdout.decode()}{stderr.decode()}")
         result = json.loads(line[len("BENCH_RESULT "):])
@@ -662,13 +692,34 @@ class Bench:
                 "max_ms": result["latency_us"]["max"] / 1000, "non_2xx": non_2xx, "statuses": result["statuses"],
                 "socket_errors": socket_errors, "errors": errors, "command": shlex.join(command)}
 
+    async def wait_quiet(self, name: str) -> None:
+        """With --wait-quiet: wait until the rest of the machine uses under 15 % of a core for 3 s."""
+        if self.args.wait_quiet <= 0:
+            return
+        deadline = time.monotonic() + self.args.wait_quiet
+        quiet, waited = 0, False
+        while quiet < 3:
+            meter = CpuMeter(self.server_pid, self.database if self.server else None)
+            meter.start()
+            await asyncio.sleep(1)
+            other = meter.stop()["other_core_pct"] or 0
+            quiet = quiet + 1 if other < 15 else 0
+            if quiet == 0:
+                if time.monotonic() > deadline:
+                    log(f"  (machine still busy before {name}: {other:.0f}% of a core used by others; going on)")
+                    return
+                waited = True
+        if waited:
+            log(f"  (waited for a quiet machine before {name})")
+
     async def run_wrk(self, name: str, script: str, path: str, connections: int) -> dict[str, Any]:
         self.check_server_alive()
+        await self.wait_quiet(name)
         warmup = None
         if self.args.warmup > 0:
             warmup = await self.wrk(f"{name}-warmup", script, path, connections, self.args.warmup)
             self.flag_errors(f"{name} (warm-up)", warmup)
-        meter = CpuMeter(self.server.pid if self.server else None, self.database if self.server else None)
+        meter = CpuMeter(self.server_pid, self.database if self.server else None)
         meter.start()
         result = await self.wrk(name, script, path, connections, self.args.duration)
         result["cpu"] = meter.stop()
@@ -758,7 +809,7 @@ class Bench:
             while loop.time() < stop_at:
                 sid = f"{tag}-{rng.randrange(args.subjects)}"
                 version = versions[sid] = versions.get(sid, 0) + 1
-                now = dt.datetime.now(dt.timezone.utc)
+                now = dt.datetime.now(dt.UTC)
                 data = json.dumps({"purpose": WRITE_KEY["purpose"], "partner": WRITE_KEY["partner"],
                                    "scopes": WRITE_KEY["scopes"], "expires_at": None, "purpose_version": 1,
                                    "source": "web", "evidence": {"collection_point": "bench-preferences",
@@ -787,6 +838,12 @@ class Bench:
                 self.migrate()
                 await self.start_server()
             assert self.base_url is not None
+            if not own:
+                target = urllib.parse.urlsplit(self.base_url)
+                if target.hostname in ("127.0.0.1", "localhost", "::1"):
+                    self.server_pid = listening_pid(target.port or 80)
+                log(f"server: {self.base_url}, " + (f"pid {self.server_pid} (its CPU is measured)" if self.server_pid
+                                                   else "not found on this machine (its CPU is not measured)"))
             async with httpx.AsyncClient(base_url=self.base_url, timeout=30,
                                          limits=httpx.Limits(max_connections=args.seed_concurrency)) as client:
                 await self.seed_catalog(client)
@@ -799,8 +856,9 @@ class Bench:
                 with contextlib.suppress(ProcessLookupError):
                     self.wrk_proc.kill()
                 await self.wrk_proc.wait()
-            if self.server is not None:
+            if self.server_pid is not None:
                 self.results["server_rss_mb"] = self.server_rss_mb()
+            if self.server is not None:
                 self.results["server_log_tail"] = self.server_log_tail(20)
             await self.stop_server()
             await self.drop_database()
@@ -808,7 +866,7 @@ class Bench:
 
     def server_rss_mb(self) -> float | None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{self.server_pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     return round(int(line.split()[1]) / 1024, 1)
         return None
@@ -851,11 +909,12 @@ class Bench:
             after = await self.position(client, token)
             # Every request should append one event: count them over warm-up and measured run.
             result["events_appended"] = after - before
-            result["events_per_request"] = (after - before) / (result["requests"] + result["warmup_requests"])
+            result["in_flight_at_stop"] = args.write_connections * (2 if args.warmup > 0 else 1)
             runs["writes"] = result
         if "baseline" in wanted:
             log(f"run baseline: raw asyncpg, {args.baseline_connections} connections, insert + upsert a "
                 f"transaction, {args.duration} s")
+            await self.wait_quiet("baseline")
             runs["baseline"] = await self.baseline()
 
 
@@ -904,32 +963,48 @@ def report(bench: Bench, meta: dict[str, Any]) -> str:
     lines.append(f"{'workload':<15} {args.subjects} subjects (prefix {args.subject_prefix!r}), "
                  f"{args.duration} s a run after {args.warmup} s warm-up, seed {args.seed}")
     lines.append("")
-    header = (f"{'run':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
-              f"  {'cpu: server/wrk/machine %':>26}")
+    header = (f"{'run':<32}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>7}"
+              f"{'srv us/req':>11}  {'cpu % of a core: server  pg  load other':>40}")
     lines += [header, "-" * len(header)]
     labels = {"ceiling": "GET /health/live (ceiling)", "decisions": "POST /v1/decisions",
               "latency": "POST /v1/decisions (latency)", "batch": f"POST /v1/decisions/batch x{args.batch_size}",
-              "writes": "POST .../consents (1 change)", "baseline": "raw asyncpg tx (insert+upsert)"}
+              "writes": "POST .../consents, 1 change", "baseline": "raw asyncpg tx (insert+upsert)"}
     for name in RUNS:
         run = runs.get(name)
         if run is None:
             continue
         cpu = run.get("cpu", {})
-        server_cpu = "-" if cpu.get("server_core_pct") is None else f"{cpu['server_core_pct']:.0f}"
-        load_cpu = cpu.get("wrk_core_pct") if name != "baseline" else cpu.get("bench_core_pct")
+        load = cpu.get("wrk_core_pct") if name != "baseline" else cpu.get("bench_core_pct")
         errors = run["non_2xx"] + run["socket_errors"]
-        lines.append(f"{labels[name]:<34}{run['connections']:>6}{fmt(run['rps']):>10}{fmt(run['p50_ms'], 2):>9}"
-                     f"{fmt(run['p99_ms'], 2):>9}{fmt(run['max_ms'], 1):>9}{errors:>8}"
-                     f"  {server_cpu + '/' + fmt(load_cpu) + '/' + fmt(cpu.get('machine_busy_pct')):>26}")
+        usage = "".join(f"{fmt(v):>6}" for v in (cpu.get("server_core_pct"), cpu.get("postgres_core_pct"),
+                                                 load, cpu.get("other_core_pct")))
+        per_request = (None if cpu.get("server_core_pct") is None or not run["rps"]
+                       else 10_000 * cpu["server_core_pct"] / run["rps"])
+        run["server_cpu_us_per_request"] = per_request
+        lines.append(f"{labels[name]:<32}{run['connections']:>6}{fmt(run['rps']):>10}{fmt(run['p50_ms'], 2):>9}"
+                     f"{fmt(run['p99_ms'], 2):>9}{fmt(run['max_ms'], 1):>9}{errors:>7}{fmt(per_request):>11}"
+                     f"  {usage:>40}")
         if name == "batch":
-            lines.append(f"{'  = decisions/s':<34}{'':>6}{fmt(run['decisions_per_s']):>10}")
+            lines.append(f"{'  = decisions/s':<32}{'':>6}{fmt(run['decisions_per_s']):>10}")
+    lines.append("  (srv us/req: server CPU time per request; cpu: load = wrk, or this process for the asyncpg "
+                 "baseline; pg = backends of the bench database; other = the rest of the machine)")
+    # With --url the server's PostgreSQL backends are not told apart: they count as other.
+    busy = [f"{name} {runs[name]['cpu']['other_core_pct']:.0f}%" for name in RUNS
+            if name in runs and (runs[name].get("cpu", {}).get("other_core_pct") or 0) > 15
+            and (runs[name]["cpu"].get("postgres_core_pct") is not None or name in ("ceiling", "decisions",
+                                                                                    "latency", "batch"))
+            and (runs[name]["cpu"].get("server_core_pct") is not None or name == "baseline")]
+    if busy:
+        lines.append(f"  WARNING: the machine was not quiet: other processes used up to a core during "
+                     f"{', '.join(busy)}: figures are skewed (compare ratios, rerun on a quiet machine)")
     if "baseline" in runs:
-        lines.append(f"  (baseline cpu column: -/bench process/machine; PostgreSQL fsync={runs['baseline']['fsync']}, "
+        lines.append(f"  (baseline: PostgreSQL fsync={runs['baseline']['fsync']}, "
                      f"synchronous_commit={runs['baseline']['synchronous_commit']})")
     if "writes" in runs and "events_appended" in runs["writes"]:
         w = runs["writes"]
-        lines.append(f"  (writes: {w['events_appended']} events appended over {w['warmup_requests']} warm-up + "
-                     f"{w['requests']} measured requests: {w['events_per_request']:.3f} a request)")
+        lines.append(f"  (writes: {w['events_appended']} events appended for {w['warmup_requests']} warm-up + "
+                     f"{w['requests']} measured requests, plus up to {w['in_flight_at_stop']} in flight when wrk "
+                     f"stopped: one event a request)")
     lines.append("")
     header = f"{'check':<24}{'measured':>14}{'target':>14}  {'result':<8} what"
     lines += [header, "-" * 108]
@@ -959,7 +1034,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subjects", type=int, default=10_000, help="subjects to seed (default %(default)s)")
     parser.add_argument("--subject-prefix", default="bench-", help="subject ids are PREFIX + zero-padded index")
     parser.add_argument("--duration", type=int, default=10, help="seconds a measured run (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each run (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of warm-up before each run (default %(default)s)")
     parser.add_argument("--connections", type=int, default=64, help="connections for the ceiling and decision "
                                                                      "throughput runs (default %(default)s)")
     parser.add_argument("--latency-connections", type=int, default=8, help="default %(default)s")
@@ -967,13 +1043,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000, help="items per batch request (default %(default)s)")
     parser.add_argument("--write-connections", type=int, default=32, help="default %(default)s")
     parser.add_argument("--baseline-connections", type=int, default=32, help="default %(default)s")
-    parser.add_argument("--seed-concurrency", type=int, default=32, help="seeding requests in flight (default %(default)s)")
+    parser.add_argument("--seed-concurrency", type=int, default=32,
+                        help="seeding requests in flight (default %(default)s)")
     parser.add_argument("--skip-seed", action="store_true", help="with --url: subjects were seeded by an earlier run "
                                                                  "with the same --subjects and --subject-prefix")
     parser.add_argument("--only", default=",".join(RUNS), help=f"comma list of runs among {', '.join(RUNS)}")
     parser.add_argument("--sample", type=int, default=300, help="single decisions sampled over HTTP to show the "
                                                                 "answer mix (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the workload (default %(default)s)")
+    parser.add_argument("--wait-quiet", type=int, default=0, metavar="SECONDS",
+                        help="before each run, wait up to SECONDS for other processes on the machine to use "
+                             "under 15%% of a core (default: do not wait; other load is reported either way)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -999,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "date": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "machine": f"nproc {os.cpu_count()}, {platform.system()} {platform.release()}, "
                    f"Python {platform.python_version()}",
@@ -1023,8 +1103,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - report and fail
         print(f"\nbench failed: {error}", file=sys.stderr)
         status = 1
-    meta["server"] = ("one uvicorn worker, uvloop, httptools: " + shlex.join(bench.server_command[1:])
-                      if hasattr(bench, "server_command") else None)
+    if hasattr(bench, "server_command"):
+        launcher = bench.server_command[0]
+        with contextlib.suppress(ValueError):
+            if not os.path.relpath(launcher).startswith(".."):
+                launcher = os.path.relpath(launcher)
+        meta["server"] = ("CONSENT_PARTNER_RATE_LIMIT=0 " + shlex.join([launcher, *bench.server_command[1:]])
+                          .replace(f"--port {bench.base_url.rsplit(':', 1)[1]}", "--port <free port>"))
     meta["target"] = bench.base_url
     if "baseline" in bench.results.get("runs", {}):
         b = bench.results["runs"]["baseline"]
