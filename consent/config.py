@@ -21,6 +21,8 @@ class Settings(Struct, frozen=True):
     token_signing_key: str | None = None
     subject_cache_size: int = 100_000
     nats_stream: str = "CONSENT"
+    # /health/ready fails while this process's feed is more events than this behind the log.
+    ready_max_lag: int = 1000
     # Seconds between sweeps for due expiries and terminated partners; 0 turns the sweeps off.
     scheduler_interval: float = 1.0
     nats_subject_prefix: str = "consent.v1"
@@ -43,6 +45,7 @@ class Settings(Struct, frozen=True):
             token_signing_key=env.get("CONSENT_TOKEN_SIGNING_KEY") or None,
             subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
             nats_stream=env.get("CONSENT_NATS_STREAM", "CONSENT"),
+            ready_max_lag=int(env.get("CONSENT_READY_MAX_LAG", "1000")),
             scheduler_interval=float(env.get("CONSENT_SCHEDULER_INTERVAL", "1")),
             nats_subject_prefix=env.get("CONSENT_NATS_SUBJECT_PREFIX", "consent.v1"),
         )

@@ -51,12 +51,14 @@ def recorded_from_message(payload: bytes) -> RecordedEvent:
 class NatsFeed:
     def __init__(self, nats_url: str, stream: str, subject_prefix: str,
                  on_catalog_change: Callable[[str, int], Awaitable[None]],
-                 on_events: Callable[[list[RecordedEvent]], Awaitable[None]]) -> None:
+                 on_events: Callable[[list[RecordedEvent]], Awaitable[None]],
+                 on_resync: Callable[[], Awaitable[None]]) -> None:
         self._nats_url = nats_url
         self._stream = stream
         self._prefix = subject_prefix
         self._on_catalog_change = on_catalog_change
         self._on_events = on_events
+        self._on_resync = on_resync
         self._nc: nats.NATS | None = None
         self.connected = False
 
@@ -77,6 +79,8 @@ class NatsFeed:
         self.connected = False
 
     async def _up(self) -> None:
+        # What was missed while away is in the database: start again from there.
+        await self._on_resync()
         self.connected = True
 
     async def _handle(self, msg) -> None:

@@ -159,6 +159,9 @@ class SqlUnitOfWork:
 
     # Subjects
 
+    async def load_catalog(self) -> tuple[Catalog, dict[str, int]]:
+        return await load_catalog(self.conn)
+
     async def load_subject(self, subject_id: str) -> SubjectConsents:
         return (await load_subjects(self.conn, [subject_id]))[subject_id]
 

@@ -75,8 +75,13 @@ class Container:
                 await loaded.wait()
                 self.subjects.apply(events)
 
+            async def resync() -> None:
+                await loaded.wait()
+                self.subjects.clear()
+                await self.service.reload_catalog()
+
             self.feed = NatsFeed(settings.nats_url, settings.nats_stream, settings.nats_subject_prefix,
-                                 catalog_changed, feed_events)
+                                 catalog_changed, feed_events, resync)
             await self.feed.start()
         async with self.database.reading() as conn:
             catalog, versions = await load_catalog(conn)
@@ -130,8 +135,13 @@ class Container:
             database = False
         checks = {"database": database}
         details: dict[str, object] = {"position": self.subjects.position}
-        if self.relay is not None and self.feed is not None:
-            checks["nats"] = self.relay.connected and self.feed.connected
+        if self.feed is not None and database:
+            # Behind the log by more than the bound: answers without min_position would be stale.
+            lag = await self.subjects.database_head() - self.subjects.position
+            checks["feed"] = self.feed.connected and lag <= self.settings.ready_max_lag
+            details["feed_lag"] = lag
+        if self.relay is not None:
+            checks["nats"] = self.relay.connected
             details["relay"] = {"leader": self.relay.is_leader,
                                 "published_position": self.relay.published_position}
         return checks, details

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from msgspec import Struct
 
-from consent.domain.catalog import Partner, Purpose, Scope
+from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.events import Event
 from consent.domain.subject import SubjectConsents
 
@@ -43,6 +43,10 @@ class UnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
     async def load_subject(self, subject_id: str) -> SubjectConsents: ...
+
+    async def load_catalog(self) -> tuple[Catalog, dict[str, int]]:
+        """The whole catalog, with the stream version of each entity."""
+        ...
 
     async def save_subject(self, state: SubjectConsents, expected_version: int, events: list[Event],
                            actor: str) -> list[RecordedEvent]:

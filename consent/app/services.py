@@ -71,6 +71,15 @@ class ConsentService:
         self._catalog_versions[stream_id] = stream_version
         return True
 
+    async def reload_catalog(self) -> None:
+        """Read every catalog entity again (after the feed was interrupted)."""
+        async with self._unit_of_work() as uow:
+            catalog, versions = await uow.load_catalog()
+        for stream_id, version in versions.items():
+            if self._is_newer(stream_id, version):
+                kind, ident = stream_id.split(":", 1)
+                _put(self.catalog, getattr(catalog, f"{kind}s")[ident])
+
     async def refresh_catalog_entity(self, stream_id: str, stream_version: int) -> None:
         """Another process changed a catalog entity: read it as the database has it now."""
         if stream_version <= self._catalog_versions.get(stream_id, 0):

@@ -96,3 +96,37 @@ async def test_without_min_position_b_follows_within_the_propagation_bound(repli
 
 async def _has_purpose(client) -> bool:
     return (await client.get("/v1/purposes/marketing")).status_code == 200
+
+
+async def test_a_restarted_replica_answers_the_new_state_once_ready(postgresql_url, nats_names):
+    await empty_tables(postgresql_url)
+    stream, prefix = nats_names
+    ports = [free_port(), free_port()]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    a_service = start_service(postgresql_url, NATS_URL, stream, prefix, ports[0])
+    b_service = start_service(postgresql_url, NATS_URL, stream, prefix, ports[1])
+    a = httpx.AsyncClient(base_url=bases[0], headers=ADMIN)
+    b = httpx.AsyncClient(base_url=bases[1], headers=ADMIN)
+    try:
+        for base in bases:
+            await wait_until(lambda base=base: ready(base), what="replica ready")
+        await a.put("/v1/scopes/orders", json={"title": "O", "description": "", "sensitivity": "low"})
+        await a.put("/v1/purposes/marketing", json=MARKETING)
+        await a.post("/v1/subjects/r/consents", json={"changes": [{"purpose": "marketing", "action": "grant"}]})
+        question = {"subject_id": "r", "purpose": "marketing", "scopes": ["orders"]}
+        await wait_until(lambda: _has_purpose(b), timeout=5, what="replica B to learn the purpose")
+        assert (await b.post("/v1/decisions", json=question)).json()["decision"] == "permit"
+
+        b_service.kill()
+        b_service.wait(timeout=10)
+        await a.post("/v1/subjects/r/consents", json={"changes": [{"purpose": "marketing", "action": "withdraw"}]})
+        b_service = start_service(postgresql_url, NATS_URL, stream, prefix, ports[1])
+        await wait_until(lambda: ready(bases[1]), what="replica B ready again")
+        answer = (await b.post("/v1/decisions", json=question)).json()
+        assert answer["denied"] == [{"scope": "orders", "reason": "consent_withdrawn"}]
+    finally:
+        await a.aclose()
+        await b.aclose()
+        for service in (a_service, b_service):
+            service.kill()
+            service.wait(timeout=10)
