@@ -91,6 +91,33 @@ def _partner(row: Any) -> Partner:
                    contract_ends_at=row["contract_ends_at"], base_status=row["base_status"])
 
 
+def subject_row(state: SubjectConsents) -> dict[str, Any]:
+    return {"subject_id": state.subject_id, "version": state.version, "position": state.position,
+            "global_opt_out": state.global_opt_out}
+
+
+def consent_row(subject_id: str, r: ConsentRecord) -> dict[str, Any]:
+    return {"subject_id": subject_id, "purpose_id": r.purpose, "partner_id": r.partner or "",
+            "scopes": list(r.scopes) if r.scopes is not None else None, "status": r.status,
+            "expires_at": r.expires_at, "purpose_version": r.purpose_version, "updated_at": r.updated_at}
+
+
+def catalog_row(entity: Purpose | Scope | Partner, stream_version: int) -> tuple[sa.Table, dict[str, Any]]:
+    """The read-model table and row of a catalog entity."""
+    if isinstance(entity, Purpose):
+        return purposes, dict(
+            id=entity.id, title=entity.title, description=entity.description, legal_basis=entity.legal_basis,
+            retention=entity.retention, sale_or_sharing=entity.sale_or_sharing, version=entity.version,
+            reconsent_below=entity.reconsent_below, status=entity.status, stream_version=stream_version)
+    if isinstance(entity, Scope):
+        return scopes, dict(id=entity.id, title=entity.title, description=entity.description,
+                            sensitivity=entity.sensitivity, stream_version=stream_version)
+    return partners, dict(
+        id=entity.id, name=entity.name, status=entity.status, base_status=entity.base_status,
+        data_uses={k: list(v) for k, v in entity.data_uses.items()}, contract_ends_at=entity.contract_ends_at,
+        stream_version=stream_version)
+
+
 class SqlUnitOfWork:
     """One database transaction; see `consent.app.ports.UnitOfWork`."""
 
@@ -169,9 +196,7 @@ class SqlUnitOfWork:
                            actor: str) -> list[RecordedEvent]:
         recorded = await self._append(subject_stream(state.subject_id), expected_version, new_events, actor)
         state.position = recorded[-1].position
-        upsert = self._database.upsert(subjects).values(
-            subject_id=state.subject_id, version=state.version, position=state.position,
-            global_opt_out=state.global_opt_out)
+        upsert = self._database.upsert(subjects).values(**subject_row(state))
         await self.conn.execute(upsert.on_conflict_do_update(
             index_elements=[subjects.c.subject_id],
             set_={"version": upsert.excluded.version, "position": upsert.excluded.position,
@@ -183,12 +208,8 @@ class SqlUnitOfWork:
         if any(isinstance(e, SubjectErased) for e in new_events):
             await self.conn.execute(sa.delete(consents).where(consents.c.subject_id == state.subject_id))
         touched = {(e.purpose, e.partner) for e in new_events if isinstance(e, SubjectChange)}
-        rows = [
-            {"subject_id": state.subject_id, "purpose_id": r.purpose, "partner_id": r.partner or "",
-             "scopes": list(r.scopes) if r.scopes is not None else None, "status": r.status,
-             "expires_at": r.expires_at, "purpose_version": r.purpose_version, "updated_at": r.updated_at}
-            for key in sorted(touched, key=lambda k: (k[0], k[1] or "")) if (r := state.records.get(key))
-        ]
+        rows = [consent_row(state.subject_id, r)
+                for key in sorted(touched, key=lambda k: (k[0], k[1] or "")) if (r := state.records.get(key))]
         if rows:
             upsert = self._database.upsert(consents)
             await self.conn.execute(upsert.on_conflict_do_update(
@@ -228,21 +249,7 @@ class SqlUnitOfWork:
     async def save_catalog_entity(self, stream_id: str, expected_version: int, new_events: list[Event],
                                   entity: Purpose | Scope | Partner, actor: str) -> list[RecordedEvent]:
         recorded = await self._append(stream_id, expected_version, new_events, actor)
-        if isinstance(entity, Purpose):
-            table, row = purposes, dict(
-                id=entity.id, title=entity.title, description=entity.description,
-                legal_basis=entity.legal_basis, retention=entity.retention,
-                sale_or_sharing=entity.sale_or_sharing, version=entity.version,
-                reconsent_below=entity.reconsent_below, status=entity.status)
-        elif isinstance(entity, Scope):
-            table, row = scopes, dict(id=entity.id, title=entity.title, description=entity.description,
-                                      sensitivity=entity.sensitivity)
-        else:
-            table, row = partners, dict(
-                id=entity.id, name=entity.name, status=entity.status, base_status=entity.base_status,
-                data_uses={k: list(v) for k, v in entity.data_uses.items()},
-                contract_ends_at=entity.contract_ends_at)
-        row["stream_version"] = recorded[-1].stream_version
+        table, row = catalog_row(entity, recorded[-1].stream_version)
         upsert = self._database.upsert(table).values(**row)
         await self.conn.execute(upsert.on_conflict_do_update(
             index_elements=[table.c.id], set_={c: upsert.excluded[c] for c in row if c != "id"}))

@@ -1,0 +1,164 @@
+"""Rebuild the read models from the log, and swap them in while readers keep reading.
+
+1. In one snapshot of the log (REPEATABLE READ on PostgreSQL, a read transaction on
+   SQLite), fold every stream in (stream, version) order into temporary tables.
+2. Then block appends (LOCK TABLE events on PostgreSQL; the write lock on SQLite),
+   fold again the streams that gained events since the snapshot, and replace the
+   live rows with the rebuilt ones in one transaction. Readers see the old rows
+   until it commits, then the new ones: they never wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from msgspec import Struct
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from consent.adapters.database import Database
+from consent.adapters.sql_store import catalog_row, consent_row, subject_row
+from consent.adapters.tables import consents, events, partners, purposes, scopes, subjects
+from consent.domain.catalog import Catalog
+from consent.domain.events import event_from_data
+from consent.domain.subject import SubjectConsents
+
+READ_MODELS = (subjects, consents, purposes, scopes, partners)
+STREAM_PREFIX = {subjects: "subject:", consents: "subject:", purposes: "purpose:", scopes: "scope:",
+                 partners: "partner:"}
+FLUSH_ROWS = 5_000
+FETCH_ROWS = 10_000
+
+Progress = Callable[[int], None]
+
+
+class RebuildReport(Struct):
+    events: int
+    streams: int
+    caught_up_streams: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def _shadow(table: sa.Table) -> str:
+    return f"rebuild_{table.name}"
+
+
+class _Writer:
+    """Buffers rebuilt rows and inserts them into the shadow tables in batches."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in READ_MODELS}
+        self._shadows = {t.name: sa.table(_shadow(t), *(sa.column(c.name, c.type) for c in t.columns))
+                         for t in READ_MODELS}
+
+    async def add(self, table: sa.Table, row: dict[str, Any]) -> None:
+        rows = self._rows[table.name]
+        rows.append(row)
+        if len(rows) >= FLUSH_ROWS:
+            await self.flush(table.name)
+
+    async def flush(self, name: str | None = None) -> None:
+        for table_name in [name] if name else list(self._rows):
+            rows = self._rows[table_name]
+            if rows:
+                await self._conn.execute(sa.insert(self._shadows[table_name]), rows)
+                rows.clear()
+
+
+async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | None) -> tuple[int, int]:
+    """Fold events ordered by (stream, version) into read-model rows; returns (events, streams)."""
+    catalog, catalog_versions = Catalog(), {}
+    count = streams = 0
+    subject: SubjectConsents | None = None
+
+    async def flush_subject() -> None:
+        if subject is not None:
+            await writer.add(subjects, subject_row(subject))
+            for record in subject.records.values():
+                await writer.add(consents, consent_row(subject.subject_id, record))
+
+    async for row in rows:
+        event = event_from_data(row.type, row.data)
+        if row.stream_id.startswith("subject:"):
+            if subject is None or subject.subject_id != row.stream_id[8:]:
+                await flush_subject()
+                subject, streams = SubjectConsents(row.stream_id[8:]), streams + 1
+            subject.apply(event)
+            subject.position = row.position
+        else:
+            streams += row.stream_id not in catalog_versions
+            catalog.apply(event)
+            catalog_versions[row.stream_id] = row.stream_version
+        count += 1
+        if progress is not None and count % FETCH_ROWS == 0:
+            progress(FETCH_ROWS)
+    await flush_subject()
+    for stream_id, version in catalog_versions.items():
+        kind, ident = stream_id.split(":", 1)
+        table, row = catalog_row(getattr(catalog, f"{kind}s")[ident], version)
+        await writer.add(table, row)
+    await writer.flush()
+    if progress is not None:
+        progress(count % FETCH_ROWS)
+    return count, streams
+
+
+async def _events_of(conn: AsyncConnection, condition: sa.ColumnElement[bool] | None = None) -> AsyncIterator[Any]:
+    query = sa.select(events.c.stream_id, events.c.stream_version, events.c.position, events.c.type,
+                      events.c.data).order_by(events.c.stream_id, events.c.stream_version)
+    if condition is not None:
+        query = query.where(condition)
+    result = await conn.stream(query.execution_options(yield_per=FETCH_ROWS))
+    async for row in result:
+        yield row
+
+
+async def rebuild_projections(database: Database, progress: Progress | None = None) -> RebuildReport:
+    started = time.perf_counter()
+    postgres = not database.is_sqlite
+    async with database.engine.connect() as conn:
+        for table in READ_MODELS:  # columns only: no constraints to slow the bulk insert
+            await conn.execute(sa.text(f"DROP TABLE IF EXISTS {_shadow(table)}"))
+            await conn.execute(sa.text(
+                f"CREATE TEMP TABLE {_shadow(table)} AS SELECT * FROM {table.name} WHERE 1 = 0"))
+        await conn.commit()
+        writer = _Writer(conn)
+
+        # 1. Fold a snapshot of the log.
+        if postgres:
+            await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            horizon = (await conn.execute(sa.text(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))).scalar_one()
+        head = (await conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0)))).scalar_one()
+        count, streams = await _fold(_events_of(conn), writer, progress)
+        await conn.commit()
+
+        # 2. Block appends, catch up, swap.
+        if postgres:
+            await conn.execute(sa.text("LOCK TABLE events IN EXCLUSIVE MODE"))
+            newer = sa.text("transaction_id >= CAST(:horizon AS text)::xid8").bindparams(horizon=horizon)
+        else:
+            await conn.execute(sa.delete(subjects).where(sa.false()))  # takes SQLite's write lock
+            newer = events.c.position > head
+        late = list((await conn.execute(sa.select(events.c.stream_id).where(newer).distinct())).scalars())
+        if late:
+            for table, prefix in STREAM_PREFIX.items():
+                ids = [s.split(":", 1)[1] for s in late if s.startswith(prefix)] or [""]
+                key = "subject_id" if table in (subjects, consents) else "id"
+                await conn.execute(sa.text(f"DELETE FROM {_shadow(table)} WHERE {key} IN :ids")
+                                   .bindparams(sa.bindparam("ids", expanding=True)), {"ids": ids})
+            await _fold(_events_of(conn, events.c.stream_id.in_(late)), writer, None)
+        for table in READ_MODELS:
+            await conn.execute(sa.delete(table))
+            await conn.execute(sa.text(f"INSERT INTO {table.name} SELECT * FROM {_shadow(table)}"))
+            await conn.execute(sa.text(f"DROP TABLE {_shadow(table)}"))
+        await conn.commit()
+    return RebuildReport(events=count, streams=streams, caught_up_streams=len(late),
+                         seconds=time.perf_counter() - started)
