@@ -20,6 +20,8 @@ class Settings(Struct, frozen=True):
     # Signs partner access tokens; replicas must share it. Unset: a random key per process.
     token_signing_key: str | None = None
     subject_cache_size: int = 100_000
+    # POST /v1/decisions answered by a thin ASGI layer (consent/api/fast_decisions.py).
+    fast_decisions: bool = True
     nats_stream: str = "CONSENT"
     # /health/ready fails while this process's feed is more events than this behind the log.
     ready_max_lag: int = 1000
@@ -44,6 +46,7 @@ class Settings(Struct, frozen=True):
             event_source=env.get("CONSENT_EVENT_SOURCE", "/consent"),
             token_signing_key=env.get("CONSENT_TOKEN_SIGNING_KEY") or None,
             subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
+            fast_decisions=env.get("CONSENT_FAST_DECISIONS", "1") != "0",
             nats_stream=env.get("CONSENT_NATS_STREAM", "CONSENT"),
             ready_max_lag=int(env.get("CONSENT_READY_MAX_LAG", "1000")),
             scheduler_interval=float(env.get("CONSENT_SCHEDULER_INTERVAL", "1")),

@@ -25,6 +25,7 @@ from consent.api.auth import Authenticator, Principal
 from consent.api.catalog import PartnerController, PurposeController, ScopeController
 from consent.api.decisions import DecisionController, PermissionController
 from consent.api.errors import problem_details_plugin
+from consent.api.fast_decisions import fast_decisions
 from consent.api.partner_access import CredentialController, token
 from consent.api.subjects import SubjectController
 from consent.app.decisions import DecisionService
@@ -172,6 +173,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             "readiness": Provide(lambda: container.readiness, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
+        middleware=[fast_decisions(lambda: container.authenticator, lambda: container.decisions)]
+        if container.settings.fast_decisions else [],
         on_startup=[container.start],
         on_shutdown=[container.stop],
         openapi_config=OpenAPIConfig(

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tests.conftest import ADMIN, user_headers
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "litestar"])
+def settings(settings, request):
+    """Every test here runs against both answers to POST /v1/decisions: the thin ASGI layer and Litestar's."""
+    return msgspec.structs.replace(settings, fast_decisions=request.param)
 
 MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
 
@@ -175,3 +182,33 @@ async def test_admin_first_party_and_named_partner(client):
     unknown = {**named, "partner": "nobody"}
     assert (await client.post("/v1/decisions", headers=ADMIN, json=unknown)).json()["denied"][0]["reason"] == (
         "unknown_partner")
+
+
+@pytest.mark.parametrize("body, headers, status, code", [
+    (b"{not json", ADMIN, 400, "validation_failed"),
+    (b'{"subject_id": 5, "purpose": "marketing", "scopes": ["orders"]}', ADMIN, 400, "validation_failed"),
+    (b'{"subject_id": "u", "purpose": "marketing", "scopes": []}', ADMIN, 400, "validation_failed"),
+    (b'{"subject_id": "u", "purpose": "marketing", "scopes": ["orders"], "extra": 1}', ADMIN, 400,
+     "validation_failed"),
+    (b'{"subject_id": "u", "purpose": "marketing", "scopes": ["orders"], "min_position": -1}', ADMIN, 400,
+     "validation_failed"),
+    (b'{"subject_id": "u", "purpose": "marketing", "scopes": ["orders"]}', {}, 401, "unauthorized"),
+    (b'{"subject_id": "u", "purpose": "marketing", "scopes": ["orders"]}', {"Authorization": "Bearer nope"}, 401,
+     "unauthorized"),
+    (b'{"subject_id": "u", "purpose": "marketing", "scopes": ["orders"], "min_position": 999999}', ADMIN, 422,
+     "unknown_position"),
+])
+async def test_bad_decision_requests_get_the_same_problem_either_way(client, body, headers, status, code):
+    answer = await client.post("/v1/decisions", content=body,
+                               headers={**headers, "Content-Type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.json()["code"] == code and answer.json()["status"] == status
+    if status == 401:
+        assert answer.headers["www-authenticate"] == "Bearer"
+
+
+async def test_end_user_is_forbidden_either_way(client):
+    question = {"subject_id": "u", "purpose": "marketing", "scopes": ["orders"]}
+    answer = await client.post("/v1/decisions", headers=user_headers("u"), json=question)
+    assert answer.status_code == 403 and answer.json()["code"] == "forbidden"

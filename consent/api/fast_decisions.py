@@ -1,0 +1,101 @@
+"""POST /v1/decisions as a thin ASGI layer in front of the Litestar handler.
+
+The decision route is the hot path, and framework machinery on it (signature
+modelling, dependency injection, response building) costs a large share of its
+throughput (see PERFORMANCE.md). This layer answers the route with the same
+Structs, authenticator and service as the Litestar handler in decisions.py, which
+stays registered for the OpenAPI document and is what runs when this layer is
+turned off (`CONSENT_FAST_DECISIONS=0`). The tests run the decision suite both ways.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar.plugins.problem_details import ProblemDetailsException
+
+from consent.api.auth import Authenticator
+from consent.api.decisions import DecisionRequest, asking_partner
+from consent.api.errors import problem
+from consent.app.decisions import DecisionService, Question
+from consent.domain.errors import DomainError
+
+log = logging.getLogger("consent.api")
+
+MAX_BODY = 64 * 1024
+_decode_request = msgspec.json.Decoder(DecisionRequest).decode
+_encode = msgspec.json.Encoder().encode
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_PROBLEM_HEADERS = [(b"content-type", b"application/problem+json")]
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+def fast_decisions(authenticator: Callable[[], Authenticator],
+                   decisions: Callable[[], DecisionService]) -> Callable[[ASGIApp], ASGIApp]:
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def handle(scope: dict, receive, send) -> None:
+            if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/decisions":
+                await app(scope, receive, send)
+                return
+            try:
+                status, headers, body = 200, _JSON_HEADERS, await _decide(scope, receive, authenticator(),
+                                                                         decisions())
+            except ProblemDetailsException as error:
+                status, headers, body = _problem_response(error)
+            except DomainError as error:
+                status, headers, body = _problem_response(problem(error.status, error.code, error.detail))
+            except Exception:  # noqa: BLE001 - never a bare 500 without a problem body
+                log.exception("unexpected error in a decision")
+                status, headers, body = _problem_response(problem(500, "internal_error",
+                                                                  "an unexpected error occurred"))
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        return handle
+
+    return middleware
+
+
+async def _decide(scope: dict, receive, authenticator: Authenticator, decisions: DecisionService) -> bytes:
+    authorization = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+            break
+    principal = await authenticator.authenticate(authorization)
+    body = await _read_body(receive)
+    try:
+        request = _decode_request(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise problem(400, "validation_failed", str(error)) from None
+    question = Question(subject_id=request.subject_id, purpose=request.purpose, scopes=request.scopes,
+                        partner=asking_partner(principal, request.partner))
+    return _encode(await decisions.decide(question, request.min_position))
+
+
+async def _read_body(receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise problem(413, "payload_too_large", f"a decision request is at most {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _problem_response(error: ProblemDetailsException) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body: dict[str, Any] = {"status": error.status_code, "type": error.type_, "title": error.title,
+                            "detail": error.detail}
+    if isinstance(error.extra, dict):
+        body.update(error.extra)
+    headers = _PROBLEM_HEADERS + [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+    return error.status_code, headers, _encode(body)
