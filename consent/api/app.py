@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from typing import Annotated
@@ -86,7 +87,7 @@ class Container:
             await self.feed.start()
         async with self.database.reading() as conn:
             catalog, versions = await load_catalog(conn)
-        self.service = ConsentService(lambda: SqlUnitOfWork(self.database), self.bus, self.clock, catalog,
+        self.service = ConsentService(functools.partial(SqlUnitOfWork, self.database), self.bus, self.clock, catalog,
                                       versions)
         self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size)
         await subjects.start()

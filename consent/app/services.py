@@ -38,7 +38,7 @@ class Written(msgspec.Struct):
 
 
 class ConsentService:
-    def __init__(self, unit_of_work: Callable[[], UnitOfWork], bus: EventBus, clock: Clock,
+    def __init__(self, unit_of_work: Callable[..., UnitOfWork], bus: EventBus, clock: Clock,
                  catalog: Catalog, catalog_versions: dict[str, int] | None = None) -> None:
         self._unit_of_work = unit_of_work
         self._bus = bus
@@ -158,7 +158,7 @@ class ConsentService:
         """Apply all changes or none. Returns the answer and whether it is a replay of an earlier one."""
 
         async def attempt() -> tuple[SubjectConsentsView, bool]:
-            async with self._unit_of_work() as uow:
+            async with self._unit_of_work(single_write=idempotency is None) as uow:
                 if idempotency is not None:
                     earlier = await uow.idempotent_answer(idempotency[0])
                     if earlier is not None:
