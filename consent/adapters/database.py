@@ -25,8 +25,13 @@ class Database:
         if self.is_sqlite:
             options["connect_args"] = {"timeout": 30}
         else:
-            options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+            options.update(pool_size=pool_size // 2, max_overflow=pool_size // 2, pool_pre_ping=False)
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        # Single statements (reads, and on PostgreSQL a consent change) need no transaction:
+        # autocommit connections spare the BEGIN, COMMIT and reset-on-return round trips.
+        self.autocommit_engine: AsyncEngine = self.engine if self.is_sqlite else create_async_engine(
+            self.url, **{**options, "pool_size": pool_size, "max_overflow": pool_size},
+            isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
         # SQLite has one writer: serialise this process's write transactions instead of
         # letting them fail with "database is locked" when one upgrades from read to write.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -43,7 +48,7 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self.autocommit_engine.connect() as conn:
             yield conn
 
     async def ping(self) -> None:
@@ -52,6 +57,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.autocommit_engine is not self.engine:
+            await self.autocommit_engine.dispose()
 
     def upsert(self, table: sa.Table):
         """An INSERT that can take `.on_conflict_do_update`, in this database's dialect."""

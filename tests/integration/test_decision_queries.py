@@ -12,17 +12,20 @@ from tests.integration.test_decisions_api import grant, partner_headers, setup_c
 
 @contextlib.contextmanager
 def counted_queries(client):
-    engine = client.app.state.container.database.engine.sync_engine
+    database = client.app.state.container.database
+    engines = {database.engine.sync_engine, database.autocommit_engine.sync_engine}
     statements: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
         statements.append(statement)
 
-    sa.event.listen(engine, "before_cursor_execute", count)
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", count)
     try:
         yield statements
     finally:
-        sa.event.remove(engine, "before_cursor_execute", count)
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", count)
 
 
 async def test_one_query_when_uncached_and_none_when_cached(client):
