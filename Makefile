@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-dev openapi asyncapi clean
+.PHONY: run test install install-dev openapi asyncapi bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ openapi: install
 
 asyncapi: install
 	$(BIN)/python -m consent.adapters.asyncapi > openapi/asyncapi.yaml
+
+bench: install-dev
+	$(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache consent.db consent.db-wal consent.db-shm

@@ -188,6 +188,21 @@ def lua_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def service_revision() -> str | None:
+    """The commit of the service under test, and whether its code differs from it (read-only git)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "consent", "migrations"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + (" + uncommitted changes in consent/ or migrations/" if dirty.stdout.strip() else "")
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -244,7 +259,7 @@ class CpuMeter:
             return None
 
     def _postgres(self) -> dict[str, int]:
-        """CPU ticks of the PostgreSQL backends connected to the bench database, by pid."""
+        """CPU ticks of the PostgreSQL processes working for the bench database, by pid."""
         if self.database is None:
             return {}
         marker = f" {self.database} ".encode()
@@ -256,7 +271,10 @@ class CpuMeter:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if cmdline.startswith(b"postgres: ") and marker in cmdline:
+            # Backends of the bench database, and the shared background processes (WAL writer,
+            # checkpointer, ...), whose command lines name no client: "user db host(port) state".
+            if cmdline.startswith(b"postgres: ") and (marker in cmdline or (
+                    b"(" not in cmdline and b"[local]" not in cmdline and b"autovacuum worker" not in cmdline)):
                 ticks = self._ticks(entry.name)
                 if ticks is not None:
                     found[entry.name] = ticks
@@ -492,7 +510,7 @@ class Bench:
                    "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                    "--log-level", "warning"]
         self.server_command = command
-        self.server_log = self.tmp / "server.log"
+        self.server_log = Path(self.args.server_log) if self.args.server_log else self.tmp / "server.log"
         with open(self.server_log, "wb") as out:
             # Its own session: a Ctrl-C reaches the bench, which then stops it and drops the database.
             self.server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -587,6 +605,7 @@ class Bench:
         for i in range(args.subjects):
             queue.put_nowait(i)
         stats: Counter[str] = Counter()
+        run_tag = secrets.token_hex(4)
         latencies: list[float] = []
         failures: list[str] = []
 
@@ -596,12 +615,19 @@ class Bench:
                 sid = subject_id(args.subject_prefix, self.width, i)
                 for n, changes in enumerate(plans[i]):
                     body = {"changes": changes, "source": sources[i % 3], "evidence": EVIDENCE[(i + n) % 3]}
+                    # An Idempotency-Key makes a retry after a dropped connection apply the change once.
+                    headers = {**self.admin(), "Idempotency-Key": f"bench-seed-{run_tag}-{i}-{n}"}
                     started = time.perf_counter()
-                    try:
-                        answer = await client.post(f"/v1/subjects/{sid}/consents", headers=self.admin(), json=body)
-                    except httpx.HTTPError as error:
-                        failures.append(f"POST /v1/subjects/{sid}/consents: {error!r}")
-                        return
+                    for attempt in range(3):
+                        try:
+                            answer = await client.post(f"/v1/subjects/{sid}/consents", headers=headers, json=body)
+                            break
+                        except httpx.TransportError as error:
+                            stats["retried after a transport error"] += 1
+                            if attempt == 2:
+                                failures.append(f"POST /v1/subjects/{sid}/consents: {error!r}")
+                                return
+                            await asyncio.sleep(0.2)
                     latencies.append(time.perf_counter() - started)
                     stats["requests"] += 1
                     stats["changes"] += len(changes)
@@ -618,14 +644,16 @@ class Bench:
         if failures:
             raise RuntimeError("seeding failed:\n  " + "\n  ".join(failures))
         latencies.sort()
+        retried = stats.pop("retried after a transport error", 0)
         mix = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k not in ("requests", "changes"))
         log(f"seed: {args.subjects} subjects, {stats['requests']} requests, {stats['changes']} changes in "
             f"{elapsed:.1f} s ({stats['requests'] / elapsed:.0f} requests/s at {args.seed_concurrency} in flight "
             f"from httpx; p50 {1000 * percentile(latencies, 50):.1f} ms, "
             f"p99 {1000 * percentile(latencies, 99):.1f} ms)")
-        log(f"seed: changes by kind: {mix}")
+        log(f"seed: changes by kind: {mix}" + (f"; {retried} requests retried after a dropped connection"
+                                                if retried else ""))
         self.results["seed"] = {"subjects": args.subjects, "requests": stats["requests"],
-                                "changes": stats["changes"], "seconds": round(elapsed, 2),
+                                "changes": stats["changes"], "seconds": round(elapsed, 2), "retried": retried,
                                 "by_kind": {k: v for k, v in stats.items() if k not in ("requests", "changes")}}
 
     async def warm_and_sample(self, client: httpx.AsyncClient, token: str) -> None:
@@ -713,6 +741,18 @@ class Bench:
             log(f"  (waited for a quiet machine before {name})")
 
     async def run_wrk(self, name: str, script: str, path: str, connections: int) -> dict[str, Any]:
+        """Warm-up, then the measured run; with --wait-quiet, a run that other processes disturbed
+        (over 25 % of a core) is repeated, at most twice."""
+        for attempt in range(3):
+            result = await self._run_wrk_once(name, script, path, connections)
+            other = result["cpu"].get("other_core_pct") or 0
+            churn = (result.get("pg_sessions_opened") or 0) > connections  # then other is PostgreSQL's
+            if self.args.wait_quiet <= 0 or other <= 25 or churn or attempt == 2:
+                return result
+            log(f"  (run {name} disturbed: other processes used {other:.0f}% of a core; repeating it)")
+        raise AssertionError("unreachable")
+
+    async def _run_wrk_once(self, name: str, script: str, path: str, connections: int) -> dict[str, Any]:
         self.check_server_alive()
         await self.wait_quiet(name)
         warmup = None
@@ -720,13 +760,35 @@ class Bench:
             warmup = await self.wrk(f"{name}-warmup", script, path, connections, self.args.warmup)
             self.flag_errors(f"{name} (warm-up)", warmup)
         meter = CpuMeter(self.server_pid, self.database if self.server else None)
+        sessions = await self.pg_sessions() if self.server else None
         meter.start()
         result = await self.wrk(name, script, path, connections, self.args.duration)
         result["cpu"] = meter.stop()
+        if sessions is not None:
+            # Connections the server opened during the run: a pool too small for the concurrency
+            # opens and closes them all the time, and their backends' CPU escapes the pg column.
+            await asyncio.sleep(1.0)  # backends report their statistics within a second
+            result["pg_sessions_opened"] = (await self.pg_sessions() or 0) - sessions
         result["warmup_requests"] = warmup["requests"] if warmup else 0
         self.check_server_alive()
         self.flag_errors(name, result)
         return result
+
+    async def pg_sessions(self) -> int | None:
+        """Sessions ever opened on the bench database (pg_stat_database.sessions, PostgreSQL 14+)."""
+        if self.database is None:
+            return None
+        admin_dsn = postgres_urls(self.args.postgres, urllib.parse.urlsplit(self.args.postgres).path.lstrip("/")
+                                  or "postgres")[0]
+        try:
+            conn = await asyncpg.connect(admin_dsn)
+            try:
+                return await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = $1",
+                                           self.database)
+            finally:
+                await conn.close()
+        except (asyncpg.PostgresError, OSError):
+            return None
 
     def flag_errors(self, name: str, result: dict[str, Any]) -> None:
         if result["non_2xx"] or result["socket_errors"]:
@@ -844,8 +906,10 @@ class Bench:
                     self.server_pid = listening_pid(target.port or 80)
                 log(f"server: {self.base_url}, " + (f"pid {self.server_pid} (its CPU is measured)" if self.server_pid
                                                    else "not found on this machine (its CPU is not measured)"))
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=30,
-                                         limits=httpx.Limits(max_connections=args.seed_concurrency)) as client:
+            # Idle connections are dropped after 1 s, well before uvicorn's 5 s keep-alive timeout closes
+            # them from its side: reusing one that the server is closing fails with a ReadError.
+            limits = httpx.Limits(max_connections=args.seed_concurrency, keepalive_expiry=1.0)
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=30, limits=limits) as client:
                 await self.seed_catalog(client)
                 try:
                     await self.main_runs(client, wanted)
@@ -957,7 +1021,7 @@ def report(bench: Bench, meta: dict[str, Any]) -> str:
     args = bench.args
     runs = bench.results.get("runs", {})
     lines = ["", "=" * 108, "consent service benchmark", "=" * 108]
-    for key in ("date", "command", "machine", "cpu", "load_generator", "server", "target", "postgres"):
+    for key in ("date", "command", "service", "machine", "cpu", "load_generator", "server", "target", "postgres"):
         if meta.get(key):
             lines.append(f"{key:<15} {meta[key]}")
     lines.append(f"{'workload':<15} {args.subjects} subjects (prefix {args.subject_prefix!r}), "
@@ -987,19 +1051,27 @@ def report(bench: Bench, meta: dict[str, Any]) -> str:
         if name == "batch":
             lines.append(f"{'  = decisions/s':<32}{'':>6}{fmt(run['decisions_per_s']):>10}")
     lines.append("  (srv us/req: server CPU time per request; cpu: load = wrk, or this process for the asyncpg "
-                 "baseline; pg = backends of the bench database; other = the rest of the machine)")
+                 "baseline;\n   pg = the bench database's backends and PostgreSQL's background writers; "
+                 "other = the rest of the machine)")
     # With --url the server's PostgreSQL backends are not told apart: they count as other.
     busy = [f"{name} {runs[name]['cpu']['other_core_pct']:.0f}%" for name in RUNS
             if name in runs and (runs[name].get("cpu", {}).get("other_core_pct") or 0) > 15
             and (runs[name]["cpu"].get("postgres_core_pct") is not None or name in ("ceiling", "decisions",
                                                                                     "latency", "batch"))
-            and (runs[name]["cpu"].get("server_core_pct") is not None or name == "baseline")]
+            and (runs[name]["cpu"].get("server_core_pct") is not None or name == "baseline")
+            # Backends that come and go during the run count as other: not someone else's load.
+            and (runs[name].get("pg_sessions_opened") or 0) <= runs[name]["connections"]]
     if busy:
         lines.append(f"  WARNING: the machine was not quiet: other processes used up to a core during "
                      f"{', '.join(busy)}: figures are skewed (compare ratios, rerun on a quiet machine)")
     if "baseline" in runs:
         lines.append(f"  (baseline: PostgreSQL fsync={runs['baseline']['fsync']}, "
                      f"synchronous_commit={runs['baseline']['synchronous_commit']})")
+    churn = [f"{name} {run['pg_sessions_opened']:,} ({run['pg_sessions_opened'] / max(1, run['requests']):.2f} "
+             f"a request)" for name, run in runs.items() if run.get("pg_sessions_opened")]
+    if churn:
+        lines.append("  (PostgreSQL sessions the server opened during a run: " + ", ".join(churn)
+                     + ";\n   the CPU of backends that started or ended during a run is not in pg but in other)")
     if "writes" in runs and "events_appended" in runs["writes"]:
         w = runs["writes"]
         lines.append(f"  (writes: {w['events_appended']} events appended for {w['warmup_requests']} warm-up + "
@@ -1053,7 +1125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="random seed of the workload (default %(default)s)")
     parser.add_argument("--wait-quiet", type=int, default=0, metavar="SECONDS",
                         help="before each run, wait up to SECONDS for other processes on the machine to use "
-                             "under 15%% of a core (default: do not wait; other load is reported either way)")
+                             "under 15%% of a core, and repeat (twice at most) a run they disturbed "
+                             "(default: do not wait; other load is reported either way)")
+    parser.add_argument("--server-log", metavar="PATH", help="keep the started server's output in PATH "
+                                                             "(default: a temporary file, its tail printed)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1084,6 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"nproc {os.cpu_count()}, {platform.system()} {platform.release()}, "
                    f"Python {platform.python_version()}",
         "cpu": cpu_model(),
+        "service": service_revision(),
         "load_generator": f"{wrk_version(args.wrk)}, -t1, Lua scripts; asyncpg baseline in the bench process",
     }
     bench = Bench(args)
@@ -1128,6 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
     tail = bench.results.get("server_log_tail")
     if tail:
         print("server log (last lines):\n" + tail)
+    elif status and bench.server_log is not None:
+        print("server log: empty")
     return status
 
 

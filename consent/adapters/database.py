@@ -18,19 +18,20 @@ def _json_serializer(value: object) -> str:
 
 
 class Database:
-    def __init__(self, url: str, pool_size: int = 20) -> None:
+    def __init__(self, url: str, pool_size: int = 32) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         options: dict = {"json_serializer": _json_serializer, "json_deserializer": msgspec.json.decode}
         if self.is_sqlite:
             options["connect_args"] = {"timeout": 30}
         else:
-            options.update(pool_size=pool_size // 2, max_overflow=pool_size // 2, pool_pre_ping=False)
+            # Transactions are the rarer path (catalog, idempotent writes, the scheduler).
+            options.update(pool_size=pool_size // 4, max_overflow=pool_size // 2, pool_pre_ping=False)
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         # Single statements (reads, and on PostgreSQL a consent change) need no transaction:
         # autocommit connections spare the BEGIN, COMMIT and reset-on-return round trips.
         self.autocommit_engine: AsyncEngine = self.engine if self.is_sqlite else create_async_engine(
-            self.url, **{**options, "pool_size": pool_size, "max_overflow": pool_size},
+            self.url, **{**options, "pool_size": pool_size, "max_overflow": pool_size // 2},
             isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
         # SQLite has one writer: serialise this process's write transactions instead of
         # letting them fail with "database is locked" when one upgrades from read to write.

@@ -12,6 +12,7 @@ from consent.app.read_model import SubjectCache
 from consent.domain.catalog import Catalog
 from consent.domain.decision import Decision, Denied, decide
 from consent.domain.errors import DomainError
+from consent.domain.ids import check_subject
 
 
 class DecisionAnswer(Struct):
@@ -67,16 +68,20 @@ class DecisionService:
         return head
 
     async def decide(self, question: Question, min_position: int | None = None) -> DecisionAnswer:
+        check_subject(question.subject_id)
         head = await self._database_position(min_position)
         state = await self._subjects.get(question.subject_id, fresh=head is not None)
         return self._answer(question, state, head)
 
     async def decide_many(self, questions: list[Question], min_position: int | None = None) -> list[DecisionAnswer]:
+        for question in questions:
+            check_subject(question.subject_id)
         head = await self._database_position(min_position)
         states = await self._subjects.get_many([q.subject_id for q in questions], fresh=head is not None)
         return [self._answer(q, states[q.subject_id], head) for q in questions]
 
     async def permissions(self, partner_id: str, subject_id: str, min_position: int | None = None) -> Permissions:
+        check_subject(subject_id)
         head = await self._database_position(min_position)
         state = await self._subjects.get(subject_id, fresh=head is not None)
         catalog = self._catalog()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -29,6 +31,28 @@ PartnerCommand = Literal["suspend", "reinstate", "terminate"]
 ATTEMPTS = 3
 
 
+class KeyedLocks:
+    """One asyncio lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Written(msgspec.Struct):
     """A catalog entity after a command, whether the command changed it, and where the log stands."""
 
@@ -44,6 +68,7 @@ class ConsentService:
         self._bus = bus
         self._clock = clock
         self.catalog = catalog
+        self._subject_locks = KeyedLocks()
         # Stream version of each catalog entity as held in memory: events arrive both from
         # this process's commits and from the feed, in either order, and only newer ones count.
         self._catalog_versions = catalog_versions if catalog_versions is not None else {}
@@ -185,7 +210,10 @@ class ConsentService:
                 await self._after_commit(recorded)
             return answer, False
 
-        return await self._retrying(attempt, retry=expected_version is None)
+        # Writers to one subject in this process take turns, so they do not fail each other's
+        # version checks; writers in other processes still can, and are retried.
+        async with self._subject_locks.hold(subject_id):
+            return await self._retrying(attempt, retry=expected_version is None)
 
     async def expire_due_grants(self, limit: int = 100) -> int:
         """Record the expiry of grants past their `expires_at`; returns how many events were written."""

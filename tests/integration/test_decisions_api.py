@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 import msgspec
 import pytest
 
@@ -212,3 +214,17 @@ async def test_end_user_is_forbidden_either_way(client):
     question = {"subject_id": "u", "purpose": "marketing", "scopes": ["orders"]}
     answer = await client.post("/v1/decisions", headers=user_headers("u"), json=question)
     assert answer.status_code == 403 and answer.json()["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("subject_id", ["a\u0000b", "a\u0007b", "x" * 129])
+async def test_subject_ids_that_are_not_printable_or_too_long_are_422(client, subject_id):
+    question = {"subject_id": subject_id, "purpose": "marketing", "scopes": ["orders"], "partner": "acme"}
+    single = await client.post("/v1/decisions", headers=ADMIN, json=question)
+    batch = await client.post("/v1/decisions/batch", headers=ADMIN, json={"items": [question]})
+    for answer in (single, batch):
+        assert answer.status_code in (400, 422), answer.text
+        assert answer.json()["code"] == "validation_failed"
+    if len(subject_id) <= 128:
+        path = "/v1/subjects/" + urllib.parse.quote(subject_id, safe="") + "/permissions?partner=acme"
+        permissions = await client.get(path, headers=ADMIN)
+        assert permissions.status_code == 422 and permissions.json()["code"] == "validation_failed"

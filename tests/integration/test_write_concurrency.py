@@ -41,3 +41,14 @@ async def test_if_match_loser_gets_409_and_writes_nothing(client):
     assert all(a.json()["code"] == "version_conflict" for a in answers if a.status_code == 409)
     history = (await client.get("/v1/subjects/race/history", headers=ADMIN)).json()["events"]
     assert len(history) == 2
+
+
+async def test_many_concurrent_writers_on_one_subject_all_succeed_without_if_match(client):
+    await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+
+    async def grant(n: int):
+        return await client.post("/v1/subjects/hot/consents", headers=ADMIN, json={"changes": [
+            {"purpose": "marketing", "action": "grant" if n % 2 else "withdraw"}]})
+
+    answers = await asyncio.gather(*(grant(n) for n in range(32)))
+    assert [a.status_code for a in answers] == [200] * 32
