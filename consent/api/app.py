@@ -9,6 +9,7 @@ import secrets
 from typing import Annotated
 
 from litestar import Litestar
+from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -27,11 +28,13 @@ from consent.api.catalog import PartnerController, PurposeController, ScopeContr
 from consent.api.decisions import DecisionController, PermissionController
 from consent.api.errors import problem_details_plugin
 from consent.api.fast_decisions import fast_decisions
+from consent.api.metrics import metrics, metrics_registry
 from consent.api.partner_access import CredentialController, token
 from consent.api.subjects import SubjectController
 from consent.app.decisions import DecisionService
 from consent.app.partner_access import PartnerAccess
 from consent.app.ports import Clock, SystemClock
+from consent.app.rate_limit import RateLimiter
 from consent.app.read_model import SubjectCache
 from consent.app.scheduler import Scheduler
 from consent.app.services import ConsentService
@@ -98,7 +101,8 @@ class Container:
             log.warning("CONSENT_TOKEN_SIGNING_KEY is not set: partner tokens are valid in this process only")
         self.partner_access = PartnerAccess(SqlCredentialStore(self.database), lambda: self.service.catalog,
                                             self.clock, signing_key, settings.token_ttl)
-        self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret, self.partner_access)
+        self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret, self.partner_access,
+                                           RateLimiter(settings.partner_rate_limit))
 
         async def feed_read_model(events) -> None:
             subjects.apply(events)
@@ -127,6 +131,14 @@ class Container:
         if self.relay is not None:
             await self.relay.stop()
         await self.database.dispose()
+
+    def metrics(self) -> dict:
+        facts: dict = {"position": self.subjects.position, "cache_entries": len(self.subjects),
+                       "decisions": dict(self.decisions.counts), "events": dict(self.service.appended)}
+        if self.relay is not None:
+            facts["relay_leader"] = int(self.relay.is_leader)
+            facts["relay_published_position"] = self.relay.published_position
+        return facts
 
     async def readiness(self) -> tuple[dict[str, bool], dict[str, object]]:
         """(checks that must all pass, facts worth showing an operator)."""
@@ -162,8 +174,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             name="Authorization", required=False, include_in_schema=False)] = None) -> Principal:
         return await container.authenticator.authenticate(authorization)
 
+    registry = metrics_registry(container.metrics)
     app = Litestar(
-        route_handlers=[health.live, health.ready, PurposeController, ScopeController, PartnerController,
+        route_handlers=[health.live, health.ready, metrics, PurposeController, ScopeController, PartnerController,
                         SubjectController, CredentialController, token, DecisionController,
                         PermissionController],
         dependencies={
@@ -172,6 +185,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             "decisions": Provide(lambda: container.decisions, sync_to_thread=False),
             "partner_access": Provide(lambda: container.partner_access, sync_to_thread=False),
             "readiness": Provide(lambda: container.readiness, sync_to_thread=False),
+            "metrics_registry": Provide(lambda: registry, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
         middleware=[fast_decisions(lambda: container.authenticator, lambda: container.decisions)]
@@ -186,6 +200,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             security=[{"bearer": []}],
         ),
         request_max_body_size=1_048_576,
+        # Answers carry personal data or credentials: no cache may keep them.
+        cache_control=CacheControlHeader(no_store=True),
     )
     app.state.container = container
     return app

@@ -14,8 +14,9 @@ from typing import Literal
 import jwt
 from msgspec import Struct
 
-from consent.api.errors import forbidden, unauthorized
+from consent.api.errors import forbidden, problem, unauthorized
 from consent.app.partner_access import TOKEN_KID, PartnerAccess, TokenClaims
+from consent.app.rate_limit import RateLimiter
 
 CACHE_LIMIT = 10_000
 
@@ -37,10 +38,11 @@ def key_id(secret: str) -> str:
 
 class Authenticator:
     def __init__(self, admin_keys: tuple[str, ...], user_token_secret: str | None,
-                 partners: PartnerAccess) -> None:
+                 partners: PartnerAccess, rate_limiter: RateLimiter | None = None) -> None:
         self._admin_keys = {hashlib.sha256(k.encode()).digest(): k for k in admin_keys}
         self._user_secret = user_token_secret
         self._partners = partners
+        self._rate_limiter = rate_limiter or RateLimiter(0)
         self._verified: dict[str, tuple[Principal, float]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -54,8 +56,15 @@ class Authenticator:
                 self._verified.clear()
             self._verified[token] = cached
         principal = cached[0]
-        if principal.token is not None and not await self._partners.still_allowed(principal.token):
-            raise unauthorized("the credential was revoked or the partner is not active")
+        if principal.token is not None:
+            if not await self._partners.still_allowed(principal.token):
+                raise unauthorized("the credential was revoked or the partner is not active")
+            verdict = self._rate_limiter.check(principal.id)
+            if not verdict.allowed:
+                raise problem(429, "rate_limited", f"more than {verdict.limit} requests a second",
+                              headers={"Retry-After": str(verdict.retry_after),
+                                       "RateLimit-Limit": str(verdict.limit), "RateLimit-Remaining": "0",
+                                       "RateLimit-Reset": str(verdict.retry_after)})
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:

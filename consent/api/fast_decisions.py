@@ -28,8 +28,8 @@ log = logging.getLogger("consent.api")
 MAX_BODY = 64 * 1024
 _decode_request = msgspec.json.Decoder(DecisionRequest).decode
 _encode = msgspec.json.Encoder().encode
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-_PROBLEM_HEADERS = [(b"content-type", b"application/problem+json")]
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+_PROBLEM_HEADERS = [(b"content-type", b"application/problem+json"), (b"cache-control", b"no-store")]
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 

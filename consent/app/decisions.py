@@ -50,6 +50,7 @@ class DecisionService:
         self._catalog = catalog
         self._clock = clock
         self._feed_wait = feed_wait
+        self.counts: dict[str, int] = {"permit": 0, "deny": 0, "partial": 0}
 
     async def _database_position(self, min_position: int | None) -> int | None:
         """None when local state may answer; else the database's head, and answers read the database.
@@ -102,6 +103,7 @@ class DecisionService:
     def _answer(self, question: Question, state, head: int | None) -> DecisionAnswer:
         now = self._clock.now()
         decision: Decision = decide(self._catalog(), state, question.partner, question.purpose, question.scopes, now)
+        self.counts[decision.decision] += 1
         return DecisionAnswer(decision=decision.decision, permitted=decision.permitted, denied=decision.denied,
                               retain_until=decision.retain_until, purpose_version=decision.purpose_version,
                               position=max(state.position, head or 0, self._subjects.position), evaluated_at=now)

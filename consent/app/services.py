@@ -14,7 +14,7 @@ from consent.app.views import HistoryView, SubjectConsentsView, history_event, s
 from consent.domain import catalog as cat
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, NotFound, VersionConflict
-from consent.domain.events import Event, Evidence, GlobalOptOutRecorded, Source
+from consent.domain.events import Event, Evidence, GlobalOptOutRecorded, Source, event_type
 from consent.domain.subject import (
     Change,
     SubjectConsents,
@@ -69,6 +69,7 @@ class ConsentService:
         self._clock = clock
         self.catalog = catalog
         self._subject_locks = KeyedLocks()
+        self.appended: dict[str, int] = {}  # events this process appended, by type
         # Stream version of each catalog entity as held in memory: events arrive both from
         # this process's commits and from the feed, in either order, and only newer ones count.
         self._catalog_versions = catalog_versions if catalog_versions is not None else {}
@@ -86,6 +87,8 @@ class ConsentService:
         """Hand committed events on. Called before the unit of work is left, so that where writes are
         serialised (SQLite) in-process subscribers see events in commit order."""
         for item in recorded:
+            kind = event_type(item.event)
+            self.appended[kind] = self.appended.get(kind, 0) + 1
             if not item.stream_id.startswith("subject:") and self._is_newer(item.stream_id, item.stream_version):
                 self.catalog.apply(item.event)
         await self._bus.publish(recorded)
