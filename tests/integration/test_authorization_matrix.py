@@ -1,0 +1,109 @@
+"""Who may call what, for every route the app serves.
+
+The matrix is built from the app's own routes: a route added without a rule here fails
+the test, so every endpoint states who may call it and is shown refusing everyone else.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from tests.conftest import ADMIN, USER_TOKEN_SECRET, user_headers
+from tests.integration.test_decisions_api import partner_headers, setup_catalog
+
+PUBLIC, ANY, ADMIN_ONLY, OWN_SUBJECT, PARTNER_OR_ADMIN, SELF_PARTNER = (
+    "public", "any authenticated", "admin", "admin or the subject itself", "admin or a partner",
+    "admin or the partner itself")
+
+RULES: dict[tuple[str, str], str] = {
+    ("GET", "/health/live"): PUBLIC,
+    ("GET", "/health/ready"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("POST", "/v1/oauth/token"): PUBLIC,  # the client authenticates with its credential in the body
+    ("GET", "/v1/purposes"): ANY,
+    ("GET", "/v1/purposes/{purpose_id:str}"): ANY,
+    ("GET", "/v1/scopes"): ANY,
+    ("GET", "/v1/scopes/{scope_id:str}"): ANY,
+    ("PUT", "/v1/purposes/{purpose_id:str}"): ADMIN_ONLY,
+    ("POST", "/v1/purposes/{purpose_id:str}/retire"): ADMIN_ONLY,
+    ("PUT", "/v1/scopes/{scope_id:str}"): ADMIN_ONLY,
+    ("PUT", "/v1/partners/{partner_id:str}"): ADMIN_ONLY,
+    ("GET", "/v1/partners"): ADMIN_ONLY,
+    ("GET", "/v1/partners/{partner_id:str}"): SELF_PARTNER,
+    ("POST", "/v1/partners/{partner_id:str}/suspend"): ADMIN_ONLY,
+    ("POST", "/v1/partners/{partner_id:str}/reinstate"): ADMIN_ONLY,
+    ("POST", "/v1/partners/{partner_id:str}/terminate"): ADMIN_ONLY,
+    ("POST", "/v1/partners/{partner_id:str}/credentials"): ADMIN_ONLY,
+    ("DELETE", "/v1/partners/{partner_id:str}/credentials/{client_id:str}"): ADMIN_ONLY,
+    ("GET", "/v1/subjects/{subject_id:str}/consents"): OWN_SUBJECT,
+    ("POST", "/v1/subjects/{subject_id:str}/consents"): OWN_SUBJECT,
+    ("GET", "/v1/subjects/{subject_id:str}/history"): OWN_SUBJECT,
+    ("GET", "/v1/subjects/{subject_id:str}/permissions"): PARTNER_OR_ADMIN,
+    ("POST", "/v1/decisions"): PARTNER_OR_ADMIN,
+    ("POST", "/v1/decisions/batch"): PARTNER_OR_ADMIN,
+}
+SCHEMA_PREFIX = "/schema"  # the OpenAPI document and its viewers: public, no data
+
+CALLERS = ("none", "expired user", "user of another subject", "user", "other partner", "partner", "admin")
+ALLOWED = {
+    PUBLIC: set(CALLERS),
+    ANY: {"user of another subject", "user", "other partner", "partner", "admin"},
+    ADMIN_ONLY: {"admin"},
+    OWN_SUBJECT: {"user", "admin"},
+    PARTNER_OR_ADMIN: {"other partner", "partner", "admin"},
+    SELF_PARTNER: {"partner", "admin"},
+}
+BODIES = {
+    "/v1/purposes/{purpose_id:str}": {"title": "M", "description": "d", "legal_basis": "consent",
+                                      "retention": "P30D"},
+    "/v1/scopes/{scope_id:str}": {"title": "O", "description": "", "sensitivity": "low"},
+    "/v1/partners/{partner_id:str}": {"name": "acme", "status": "active",
+                                      "data_uses": {"marketing": ["profile", "orders"]}},
+    "/v1/subjects/{subject_id:str}/consents": {"changes": [{"purpose": "marketing", "action": "grant"}]},
+    "/v1/decisions": {"subject_id": "u-1", "purpose": "marketing", "scopes": ["orders"]},
+    "/v1/decisions/batch": {"items": [{"subject_id": "u-1", "purpose": "marketing", "scopes": ["orders"]}]},
+}
+
+
+def served_routes(app) -> list[tuple[str, str]]:
+    return sorted((method, route.path) for route in app.routes for method in route.methods
+                  if method not in ("OPTIONS", "HEAD") and not route.path.startswith(SCHEMA_PREFIX))
+
+
+def test_every_route_has_a_rule(client):
+    missing = [r for r in served_routes(client.app) if r not in RULES]
+    assert missing == [], f"routes without an authorization rule: {missing}"
+
+
+async def callers(client) -> dict[str, dict[str, str]]:
+    acme, client_id = await partner_headers(client, "acme")
+    globex, _ = await partner_headers(client, "globex")
+    expired = jwt.encode({"sub": "u-1", "exp": int(time.time()) - 60}, USER_TOKEN_SECRET, algorithm="HS256")
+    return {"none": {}, "expired user": {"Authorization": f"Bearer {expired}"},
+            "user of another subject": user_headers("u-2"), "user": user_headers("u-1"),
+            "other partner": globex, "partner": acme, "admin": ADMIN}, client_id
+
+
+@pytest.mark.parametrize("method, path", sorted(RULES))
+async def test_only_the_allowed_callers_get_through(client, method, path):
+    await setup_catalog(client)
+    headers_by_caller, client_id = await callers(client)
+    concrete = (path.replace("{purpose_id:str}", "marketing").replace("{scope_id:str}", "orders")
+                .replace("{partner_id:str}", "acme").replace("{subject_id:str}", "u-1")
+                .replace("{client_id:str}", "cl_unknown"))
+    allowed = ALLOWED[RULES[(method, path)]]
+    for caller in CALLERS:
+        target = concrete + ("?partner=acme" if "permissions" in concrete and caller == "admin" else "")
+        kwargs = {"json": BODIES[path]} if path in BODIES and method in ("PUT", "POST") else {}
+        if path == "/v1/oauth/token":
+            kwargs = {"data": {"grant_type": "client_credentials", "client_id": "x", "client_secret": "y"}}
+        answer = await client.request(method, target, headers=headers_by_caller[caller], **kwargs)
+        refused = answer.status_code in (401, 403)
+        if path == "/v1/oauth/token":
+            refused = False  # its own RFC 6749 answers; a wrong credential is 401 for everyone alike
+        assert refused == (caller not in allowed), (
+            f"{method} {path} as {caller}: {answer.status_code} {answer.text[:200]}")
+        assert answer.status_code < 500, f"{method} {path} as {caller}: {answer.status_code}"
