@@ -46,7 +46,7 @@ def metrics_registry(snapshot: Callable[[], dict]) -> CollectorRegistry:
     return registry
 
 
-@get("/metrics", tags=["operations"], include_in_schema=True, security=[],
+@get("/metrics", tags=["operations"], security=[], media_type="text/plain; version=0.0.4",
      summary="Prometheus metrics (no credentials; aggregates only, no personal data)")
 async def metrics(metrics_registry: NamedDependency[CollectorRegistry]) -> Response[bytes]:
-    return Response(generate_latest(metrics_registry), media_type="text/plain; version=0.0.4")
+    return Response(generate_latest(metrics_registry))
