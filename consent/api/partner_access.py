@@ -16,7 +16,8 @@ from consent.api.errors import ERRORS, created
 from consent.app.partner_access import AccessToken, IssuedCredential, TokenRefused
 from consent.domain.ids import check_slug
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Cache-Control: no-store is set on every answer by the app (consent/api/app.py); RFC 6749 §5.1 adds Pragma.
+NO_STORE = {"Pragma": "no-cache"}
 
 
 class CredentialController(Controller):
