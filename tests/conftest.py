@@ -7,6 +7,7 @@ CONSENT_TEST_POSTGRES_URL (default: the local server, trust auth) and dropped at
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -154,3 +155,29 @@ async def nats_names() -> AsyncIterator[tuple[str, str]]:
 async def on_app_loop(client: AsyncTestClient, fn, *args):
     """Run `await fn(*args)` on the event loop the test client runs the app on."""
     return await asyncio.to_thread(client.blocking_portal.call, fn, *args)
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_line():
+    """Every log line of the whole run, checked at the end for credentials and tokens."""
+    recorder = _Recorder()
+    recorder.setFormatter(logging.Formatter("%(name)s %(message)s %(exc_text)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(recorder)
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(recorder)
+    root.setLevel(previous)
+    secrets = (ADMIN_KEY, USER_TOKEN_SECRET, "Bearer ", "eyJ", "client_secret=")
+    leaks = [line for line in recorder.lines if any(secret in line for secret in secrets)]
+    assert not leaks, f"{len(leaks)} log lines carry a credential, e.g. {leaks[0][:300]}"
