@@ -23,6 +23,8 @@ class Settings(Struct, frozen=True):
     # POST /v1/decisions answered by a thin ASGI layer (consent/api/fast_decisions.py).
     fast_decisions: bool = True
     nats_stream: str = "CONSENT"
+    # Subjects a partner in the sandbox may ask about: test data only.
+    sandbox_subject_prefix: str = "sandbox-"
     # /health/ready fails while this process's feed is more events than this behind the log.
     ready_max_lag: int = 1000
     # Seconds between sweeps for due expiries and terminated partners; 0 turns the sweeps off.
@@ -48,6 +50,7 @@ class Settings(Struct, frozen=True):
             subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
             fast_decisions=env.get("CONSENT_FAST_DECISIONS", "1") != "0",
             nats_stream=env.get("CONSENT_NATS_STREAM", "CONSENT"),
+            sandbox_subject_prefix=env.get("CONSENT_SANDBOX_SUBJECT_PREFIX", "sandbox-"),
             ready_max_lag=int(env.get("CONSENT_READY_MAX_LAG", "1000")),
             scheduler_interval=float(env.get("CONSENT_SCHEDULER_INTERVAL", "1")),
             nats_subject_prefix=env.get("CONSENT_NATS_SUBJECT_PREFIX", "consent.v1"),

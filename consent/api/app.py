@@ -94,7 +94,8 @@ class Container:
                                       versions)
         self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size)
         await subjects.start()
-        self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock)
+        self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock,
+                                         sandbox_prefix=settings.sandbox_subject_prefix)
         signing_key = settings.token_signing_key
         if signing_key is None:
             signing_key = secrets.token_urlsafe(32)

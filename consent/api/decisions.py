@@ -15,7 +15,7 @@ from msgspec import Meta, Struct
 from consent.api.auth import Principal
 from consent.api.deps import Caller, Decisions
 from consent.api.errors import ERRORS, forbidden
-from consent.app.decisions import DecisionAnswer, Permissions, Question
+from consent.app.decisions import DecisionAnswer, DecisionService, Permissions, Question
 
 SubjectId = Annotated[str, Meta(min_length=1, max_length=128)]
 Slug = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -50,11 +50,13 @@ class BatchAnswer(Struct):
     position: int
 
 
-def asking_partner(principal: Principal, named: str | None) -> str | None:
+def asking_partner(principal: Principal, named: str | None, decisions: DecisionService,
+                   subject_ids: list[str]) -> str | None:
     """The partner a question is about: a partner's own id; for an admin, the one it names."""
     if principal.kind == "partner":
         if named is not None and named != principal.id:
             raise forbidden("a partner asks only about itself; only an admin may name `partner`")
+        decisions.check_sandbox(principal.id, subject_ids)
         return principal.id
     if principal.kind == "admin":
         return named
@@ -69,17 +71,19 @@ class DecisionController(Controller):
           summary="May this partner use these scopes of this subject for this purpose, and until when?")
     async def decide(self, data: JSONBody[DecisionRequest], principal: Caller,
                      decisions: Decisions) -> DecisionAnswer:
-        partner = asking_partner(principal, data.partner)
+        partner = asking_partner(principal, data.partner, decisions, [data.subject_id])
         question = Question(subject_id=data.subject_id, purpose=data.purpose, scopes=data.scopes, partner=partner)
         return await decisions.decide(question, data.min_position)
 
     @post("/batch", status_code=200, responses=ERRORS, summary=f"Up to {BATCH_LIMIT} decisions in one request")
     async def decide_batch(self, data: JSONBody[BatchRequest], principal: Caller,
                            decisions: Decisions) -> BatchAnswer:
-        default = asking_partner(principal, data.partner)
+        subject_ids = [item.subject_id for item in data.items]
+        default = asking_partner(principal, data.partner, decisions, subject_ids)
         questions = [
             Question(subject_id=item.subject_id, purpose=item.purpose, scopes=item.scopes,
-                     partner=asking_partner(principal, item.partner) if item.partner is not None else default)
+                     partner=default if item.partner is None
+                     else asking_partner(principal, item.partner, decisions, [item.subject_id]))
             for item in data.items
         ]
         results = await decisions.decide_many(questions, data.min_position)
@@ -96,7 +100,7 @@ class PermissionController(Controller):
                           partner: Annotated[str | None, Parameter(max_length=64, required=False)] = None,
                           min_position: Annotated[int | None, Parameter(ge=0, required=False)] = None,
                           ) -> Permissions:
-        partner_id = asking_partner(principal, partner)
+        partner_id = asking_partner(principal, partner, decisions, [subject_id])
         if partner_id is None:
             raise forbidden("an admin names the partner: ?partner=<id>")
         return await decisions.permissions(partner_id, subject_id, min_position)

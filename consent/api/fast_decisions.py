@@ -74,7 +74,7 @@ async def _decide(scope: dict, receive, authenticator: Authenticator, decisions:
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise problem(400, "validation_failed", str(error)) from None
     question = Question(subject_id=request.subject_id, purpose=request.purpose, scopes=request.scopes,
-                        partner=asking_partner(principal, request.partner))
+                        partner=asking_partner(principal, request.partner, decisions, [request.subject_id]))
     return _encode(await decisions.decide(question, request.min_position))
 
 

@@ -11,7 +11,7 @@ from consent.app.ports import Clock
 from consent.app.read_model import SubjectCache
 from consent.domain.catalog import Catalog
 from consent.domain.decision import Decision, Denied, decide
-from consent.domain.errors import DomainError
+from consent.domain.errors import DomainError, Forbidden
 from consent.domain.ids import check_subject
 
 
@@ -45,12 +45,22 @@ class Question(Struct, frozen=True):
 
 class DecisionService:
     def __init__(self, subjects: SubjectCache, catalog: Callable[[], Catalog], clock: Clock,
-                 feed_wait: float = 0.25) -> None:
+                 feed_wait: float = 0.25, sandbox_prefix: str = "sandbox-") -> None:
+        self._sandbox_prefix = sandbox_prefix
         self._subjects = subjects
         self._catalog = catalog
         self._clock = clock
         self._feed_wait = feed_wait
         self.counts: dict[str, int] = {"permit": 0, "deny": 0, "partial": 0}
+
+    def check_sandbox(self, partner_id: str, subject_ids: list[str]) -> None:
+        """A partner in the sandbox asks only about test subjects, never about real people."""
+        partner = self._catalog().partners.get(partner_id)
+        if partner is not None and partner.status == "sandbox":
+            for subject_id in subject_ids:
+                if not subject_id.startswith(self._sandbox_prefix):
+                    raise Forbidden("sandbox_only", f"a sandbox partner asks only about subjects whose id "
+                                                    f"starts with {self._sandbox_prefix!r}")
 
     async def _database_position(self, min_position: int | None) -> int | None:
         """None when local state may answer; else the database's head, and answers read the database.

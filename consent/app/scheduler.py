@@ -1,4 +1,5 @@
-"""Work the service does by itself: expire grants that fall due, withdraw grants of terminated partners.
+"""Work the service does by itself: expire grants that fall due, suspend partners whose contract
+ended, withdraw grants of terminated partners.
 
 Every process runs it; the claims lock what they take (FOR UPDATE SKIP LOCKED on
 PostgreSQL) and appends carry the expected version, so two processes never record
@@ -26,7 +27,7 @@ class Scheduler:
         self._task: asyncio.Task | None = None
 
     async def sweep_once(self) -> int:
-        written = 0
+        written = await self._service.suspend_partners_past_contract()
         while (batch := await self._service.expire_due_grants()) > 0:
             written += batch
         while (batch := await self._service.withdraw_grants_of_terminated_partners()) > 0:

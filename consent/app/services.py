@@ -243,6 +243,16 @@ class ConsentService:
             await self._after_commit(recorded)
         return len(recorded)
 
+    async def suspend_partners_past_contract(self) -> int:
+        """A partner whose contract has ended is suspended, with an event, until an admin acts."""
+        now = self._clock.now()
+        ended = [p.id for p in self.catalog.partners.values()
+                 if p.status in ("sandbox", "active") and p.contract_ends_at is not None
+                 and p.contract_ends_at <= now]
+        for partner_id in ended:
+            await self.change_partner_status(partner_id, "suspend", "system")
+        return len(ended)
+
     async def _save_system_events(self, uow: UnitOfWork, state: SubjectConsents,
                                   new_events: list[Event]) -> list[RecordedEvent]:
         if not new_events:

@@ -21,6 +21,12 @@ class NotFound(DomainError):
         super().__init__("not_found", f"{what} {ident!r} does not exist")
 
 
+class Forbidden(DomainError):
+    """Valid credentials, acting outside their rights."""
+
+    status = 403
+
+
 class Conflict(DomainError):
     """The command is valid in form but clashes with the current state."""
 

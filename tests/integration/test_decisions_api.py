@@ -228,3 +228,22 @@ async def test_subject_ids_that_are_not_printable_or_too_long_are_422(client, su
         path = "/v1/subjects/" + urllib.parse.quote(subject_id, safe="") + "/permissions?partner=acme"
         permissions = await client.get(path, headers=ADMIN)
         assert permissions.status_code == 422 and permissions.json()["code"] == "validation_failed"
+
+
+async def test_a_sandbox_partner_asks_only_about_test_subjects(client):
+    await setup_catalog(client)
+    await client.put("/v1/partners/labs", headers=ADMIN, json={
+        "name": "labs", "status": "sandbox", "data_uses": {"marketing": ["orders"]}})
+    labs, _ = await partner_headers(client, "labs")
+    await grant(client, "sandbox-alice", "labs", ["orders"])
+    test_subject = {"subject_id": "sandbox-alice", "purpose": "marketing", "scopes": ["orders"]}
+    assert (await client.post("/v1/decisions", headers=labs, json=test_subject)).json()["decision"] == "permit"
+    real = {"subject_id": "alice", "purpose": "marketing", "scopes": ["orders"]}
+    for answer in (await client.post("/v1/decisions", headers=labs, json=real),
+                   await client.post("/v1/decisions/batch", headers=labs, json={"items": [test_subject, real]}),
+                   await client.get("/v1/subjects/alice/permissions", headers=labs)):
+        assert answer.status_code == 403 and answer.json()["code"] == "sandbox_only"
+    # Promoted to active, the same partner reaches real subjects.
+    await client.put("/v1/partners/labs", headers=ADMIN, json={
+        "name": "labs", "status": "active", "data_uses": {"marketing": ["orders"]}})
+    assert (await client.post("/v1/decisions", headers=labs, json=real)).status_code == 200

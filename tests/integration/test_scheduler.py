@@ -100,3 +100,20 @@ async def test_two_processes_never_expire_the_same_grant_twice(manual_settings, 
         for n in range(30):
             kinds = [k for k, _ in await history_types(first, f"c-{n}")]
             assert kinds == ["subject.granted", "subject.expired"]
+
+
+async def test_a_partner_is_suspended_when_its_contract_ends(timed_client, clock):
+    client = timed_client
+    await setup(client)
+    ends = clock.now().replace(hour=18).isoformat()
+    await client.put("/v1/partners/acme", headers=ADMIN, json={
+        "name": "acme", "status": "active", "data_uses": {"marketing": ["orders"]}, "contract_ends_at": ends})
+    assert await sweep(client) == 0
+    clock.advance(hours=6)
+    await sweep(client)
+    partner = (await client.get("/v1/partners/acme", headers=ADMIN)).json()
+    assert partner["status"] == "suspended"
+    in_memory = await on_app_loop(client, client.app.state.container.service.catalog.partners.get, "acme")
+    assert in_memory.status == "suspended"  # decisions and tokens see it at once
+    await sweep(client)  # once: a suspended partner is not suspended again
+    assert (await client.get("/v1/partners/acme", headers=ADMIN)).json()["status"] == "suspended"
