@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import nats
@@ -34,6 +33,7 @@ from nats.js.errors import NotFoundError
 from consent.adapters.cloudevents import encode, nats_subject
 from consent.adapters.database import Database
 from consent.adapters.tables import events, relay_checkpoints
+from consent.app.background import BackgroundLoop
 from consent.app.ports import RecordedEvent
 from consent.domain.events import event_from_data
 
@@ -64,7 +64,9 @@ async def ensure_stream(js: JetStreamContext, name: str, subject_prefix: str) ->
         await js.update_stream(config)
 
 
-class Relay:
+class Relay(BackgroundLoop):
+    task_name = "consent-relay"
+
     def __init__(self, database: Database, nats_url: str, source: str, stream: str = "CONSENT",
                  subject_prefix: str = "consent.v1", name: str = "nats") -> None:
         self._database = database
@@ -74,24 +76,13 @@ class Relay:
         self._prefix = subject_prefix
         self._name = name
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self.is_leader = False
         self.published_position = 0
         self.connected = False
-        self.on_published: Callable[[list[RecordedEvent]], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         """Called after a local commit, so that publish lag is not a polling interval."""
         self._wake.set()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="consent-relay")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         while True:
@@ -100,7 +91,8 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - the relay must outlive NATS and database outages
-                log.warning("relay interrupted (%s); retrying", type(error).__name__, exc_info=True)
+                # The type only: database messages can quote row values.
+                log.warning("relay interrupted (%s); retrying", type(error).__name__)
             self.is_leader = False
             self.connected = False
             await asyncio.sleep(1.0)
@@ -139,8 +131,6 @@ class Relay:
                 transaction_id, position = batch[-1][0], batch[-1][1].position
                 await self._save_checkpoint(transaction_id, position)
                 self.published_position = position
-                if self.on_published is not None:
-                    await self.on_published([r for _, r in batch])
                 if len(batch) == BATCH:
                     continue
             # Woken by a local commit or a NOTIFY; the timeout also checks the lock connection is alive.

@@ -52,8 +52,9 @@ def _shadow(table: sa.Table) -> str:
 class _Writer:
     """Buffers rebuilt rows and inserts them into the shadow tables in batches."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, commit: bool = True) -> None:
         self._conn = conn
+        self._commit = commit  # each batch its own short transaction (where the connection has them)
         self._rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in READ_MODELS}
         self._shadows = {t.name: sa.table(_shadow(t), *(sa.column(c.name, c.type) for c in t.columns))
                          for t in READ_MODELS}
@@ -70,6 +71,8 @@ class _Writer:
             if rows:
                 await self._conn.execute(sa.insert(self._shadows[table_name]), rows)
                 rows.clear()
+                if self._commit:
+                    await _commit(self._conn)
 
 
 async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | None) -> tuple[int, int]:
@@ -123,24 +126,29 @@ async def _events_of(conn: AsyncConnection, condition: sa.ColumnElement[bool] | 
 async def rebuild_projections(database: Database, progress: Progress | None = None) -> RebuildReport:
     started = time.perf_counter()
     postgres = not database.is_sqlite
-    async with database.engine.connect() as conn:
+    # Shadow tables written in short autocommitted batches from a second connection: a long
+    # writing transaction would hold back pg_snapshot_xmin, and with it the relay of every
+    # database on the server, for as long as the rebuild runs.
+    async with database.autocommit_engine.connect() as writing:
         for table in READ_MODELS:  # columns only: no constraints to slow the bulk insert
-            await conn.execute(sa.text(f"DROP TABLE IF EXISTS {_shadow(table)}"))
-            await conn.execute(sa.text(
-                f"CREATE TEMP TABLE {_shadow(table)} AS SELECT * FROM {table.name} WHERE 1 = 0"))
-        await conn.commit()
-        writer = _Writer(conn)
+            await writing.execute(sa.text(f"DROP TABLE IF EXISTS {_shadow(table)}"))
+            await writing.execute(sa.text(f"CREATE {'UNLOGGED ' if postgres else ''}TABLE {_shadow(table)} "
+                                          f"AS SELECT * FROM {table.name} WHERE 1 = 0"))
+        await _commit(writing)
 
-        # 1. Fold a snapshot of the log.
-        if postgres:
-            await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-            horizon = (await conn.execute(sa.text(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))).scalar_one()
-        head = (await conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0)))).scalar_one()
-        count, streams = await _fold(_events_of(conn), writer, progress)
-        await conn.commit()
+        # 1. Fold a snapshot of the log (read-only: it takes no transaction id).
+        async with database.engine.connect() as reading:
+            if postgres:
+                await reading.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+                horizon = (await reading.execute(sa.text(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))).scalar_one()
+            head = (await reading.execute(
+                sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0)))).scalar_one()
+            count, streams = await _fold(_events_of(reading), _Writer(writing), progress)
+            await reading.rollback()
 
-        # 2. Block appends, catch up, swap.
+    # 2. Block appends, catch up, swap: one short transaction.
+    async with database.engine.connect() as conn:
         if postgres:
             await conn.execute(sa.text("LOCK TABLE events IN EXCLUSIVE MODE"))
             newer = sa.text("transaction_id >= CAST(:horizon AS text)::xid8").bindparams(horizon=horizon)
@@ -154,7 +162,7 @@ async def rebuild_projections(database: Database, progress: Progress | None = No
                 key = "subject_id" if table in (subjects, consents) else "id"
                 await conn.execute(sa.text(f"DELETE FROM {_shadow(table)} WHERE {key} IN :ids")
                                    .bindparams(sa.bindparam("ids", expanding=True)), {"ids": ids})
-            await _fold(_events_of(conn, events.c.stream_id.in_(late)), writer, None)
+            await _fold(_events_of(conn, events.c.stream_id.in_(late)), _Writer(conn, commit=False), None)
         for table in READ_MODELS:
             await conn.execute(sa.delete(table))
             await conn.execute(sa.text(f"INSERT INTO {table.name} SELECT * FROM {_shadow(table)}"))
@@ -162,3 +170,8 @@ async def rebuild_projections(database: Database, progress: Progress | None = No
         await conn.commit()
     return RebuildReport(events=count, streams=streams, caught_up_streams=len(late),
                          seconds=time.perf_counter() - started)
+
+
+async def _commit(conn: AsyncConnection) -> None:
+    if conn.in_transaction():  # autocommit connections have none to commit
+        await conn.commit()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+from consent.app.background import BackgroundLoop
 from consent.app.ports import RecordedEvent
 from consent.app.services import ConsentService
 from consent.domain.events import PartnerTerminated
@@ -19,12 +20,13 @@ from consent.domain.events import PartnerTerminated
 log = logging.getLogger("consent.scheduler")
 
 
-class Scheduler:
+class Scheduler(BackgroundLoop):
+    task_name = "consent-scheduler"
+
     def __init__(self, service: ConsentService, interval: float = 1.0) -> None:
         self._service = service
         self._interval = interval
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
     async def sweep_once(self) -> int:
         written = await self._service.suspend_partners_past_contract()
@@ -37,15 +39,6 @@ class Scheduler:
     async def on_events(self, events: list[RecordedEvent]) -> None:
         if any(isinstance(item.event, PartnerTerminated) for item in events):
             self._wake.set()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="consent-scheduler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         while True:

@@ -108,3 +108,33 @@ async def test_writes_made_during_the_rebuild_are_caught_up(client, database_url
     finally:
         await database.dispose()
     assert await snapshot(database_url) == rebuilt
+
+
+async def test_the_rebuild_holds_no_transaction_id_while_it_replays(postgresql_url):
+    """A long transaction with an id would hold back the relay of every database on the server (PostgreSQL)."""
+    import subprocess
+
+    from litestar.testing import AsyncTestClient
+
+    from consent.api.app import create_app
+    from consent.config import Settings
+    from tests.conftest import ADMIN_KEY, empty_tables
+
+    database_url = postgresql_url
+    await empty_tables(database_url)
+    async with AsyncTestClient(create_app(Settings(database_url=database_url, admin_keys=(ADMIN_KEY,)))) as client:
+        await build_history(client)
+    name = sa.make_url(database_url).database
+    holding = []
+
+    def look(_events: int) -> None:
+        query = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' AND backend_xid IS NOT NULL"
+        holding.append(int(subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", query],
+                                          capture_output=True, text=True, check=True).stdout))
+
+    database = Database(database_url)
+    try:
+        await rebuild_projections(database, look)
+    finally:
+        await database.dispose()
+    assert holding == [0]
