@@ -1,0 +1,59 @@
+"""The decision cache: misses of one event-loop turn share one read; the feed keeps cached states current."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from consent.app.ports import RecordedEvent
+from consent.app.read_model import SubjectCache
+from consent.domain.events import ConsentGranted
+from consent.domain.subject import SubjectConsents
+
+
+class CountingReader:
+    def __init__(self) -> None:
+        self.reads: list[list[str]] = []
+
+    async def load_subjects(self, subject_ids: list[str]) -> dict[str, SubjectConsents]:
+        self.reads.append(sorted(subject_ids))
+        await asyncio.sleep(0)
+        return {s: SubjectConsents(s) for s in subject_ids}
+
+    async def head_position(self) -> int:
+        return 0
+
+
+def test_concurrent_misses_share_one_read_and_hits_need_none():
+    async def scenario():
+        reader = CountingReader()
+        cache = SubjectCache(reader, capacity=100)
+        states = await asyncio.gather(*(cache.get(f"s-{n % 10}") for n in range(30)))
+        assert reader.reads == [sorted(f"s-{n}" for n in range(10))]
+        assert [s.subject_id for s in states] == [f"s-{n % 10}" for n in range(30)]
+        await asyncio.gather(*(cache.get(f"s-{n}") for n in range(10)))
+        assert len(reader.reads) == 1  # all cached now
+        await cache.get("s-1", fresh=True)
+        assert reader.reads[-1] == ["s-1"]  # fresh reads always go to the database
+
+    asyncio.run(scenario())
+
+
+def test_the_feed_folds_into_cached_states_and_drops_what_it_cannot_fold():
+    async def scenario():
+        cache = SubjectCache(CountingReader(), capacity=100)
+        await cache.get("s-1")
+        granted = ConsentGranted(occurred_at=datetime(2026, 1, 1, tzinfo=UTC), purpose="m", partner=None,
+                                 scopes=None, purpose_version=1, source="web")
+
+        def recorded(version: int, position: int) -> RecordedEvent:
+            return RecordedEvent(uuid.uuid4(), "subject:s-1", version, position, granted, granted.occurred_at)
+
+        cache.apply([recorded(1, 7)])
+        state = await cache.get("s-1")
+        assert (state.version, state.position, cache.position) == (1, 7, 7)
+        cache.apply([recorded(1, 7)])  # a repeat changes nothing
+        assert (await cache.get("s-1")).version == 1
+        cache.apply([recorded(3, 9)])  # a gap: the entry is dropped, to be read again
+        assert len(cache) == 0 and cache.position == 9
+
+    asyncio.run(scenario())
