@@ -618,6 +618,7 @@ class Bench:
         self.servers: list[Server] = []  # every server started and not yet stopped
         self.nats_streams: list[str] = []  # JetStream streams created for a run, deleted at the end
         self.measured_window: tuple[float, float] | None = None  # wall clock of the last measured wrk run
+        self.server_revision: str | None = None  # the service's commit when the last server started
 
     # --- infrastructure --------------------------------------------------------------------
 
@@ -701,6 +702,8 @@ class Bench:
                            signing_key: str | None = None) -> Server:
         """The server the wrk runs target (self.server, self.base_url)."""
         server = await self.spawn_server(label, extra_env, signing_key)
+        # Others may commit while the bench runs: the code a run measured is the one its server started with.
+        self.server_revision = service_revision()
         self.server, self.server_log, self.base_url = server.popen, server.log, server.base_url
         self.server_pid = server.popen.pid
         if label == "server" or not hasattr(self, "server_command"):
@@ -1206,7 +1209,7 @@ class Bench:
                 "lag_recorded_max_ms": lags_recorded[-1] if lags_recorded else None,
                 "probe_writes": len(lower), "lag_lower_p50_ms": percentile(lower, 50),
                 "lag_lower_p99_ms": percentile(lower, 99), "lag_lower_max_ms": lower[-1] if lower else None,
-                "relay": ready.get("relay"), "server_env": env})
+                "relay": ready.get("relay"), "server_env": env, "service": self.server_revision})
             self.results.setdefault("runs", {})["lag"] = result
             log(f"  lag: {len(lags):,} messages of the measured run; CloudEvent time to receipt p50 "
                 f"{fmt(result['lag_p50_ms'], 2)} ms, p99 {fmt(result['lag_p99_ms'], 2)} ms, max "
@@ -1282,7 +1285,8 @@ class Bench:
                     if self.args.wait_quiet <= 0 or other <= 25 or attempt == 2:
                         break
                     log(f"  (run propagation disturbed: other processes used {other:.0f}% of a core; repeating it)")
-            result.update({"probe_subject": probe, "relay_leader": leader, "server_env": env})
+            result.update({"probe_subject": probe, "relay_leader": leader, "server_env": env,
+                           "service": self.server_revision})
             stale, timeouts = result["stale_with_min_position"], result["timeouts"]
             self.results.setdefault("runs", {})["propagation"] = result
             log(f"  propagation: p50 {fmt(result['propagation_p50_ms'], 2)} ms, p99 "
@@ -1441,6 +1445,7 @@ class Bench:
             self.problems.append(f"run scale {n}: read models hold {counts['subjects']} subjects and "
                                  f"{counts['consents']} consents, expected {n} and {10 * n}")
         server = await self.start_server(f"scale-{n}", cache_env)
+        out["service"] = self.server_revision
         out["rss_mb_started"] = server.rss_mb()
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as client:
             token = await self.partner_token(client)
@@ -1750,10 +1755,11 @@ def extra_sections(bench: Bench) -> list[str]:
         r = runs["lag"]
         errors = r["non_2xx"] + r["socket_errors"]
         lines += ["", f"publish lag (lag): POST .../consents, 1 change, {r['connections']} connections, "
-                      f"{r['seconds']:.0f} s, server with CONSENT_NATS_URL={args.nats}",
+                      f"{r['seconds']:.0f} s, server with CONSENT_NATS_URL={args.nats}; service {r.get('service')}",
                   f"  stream {r['stream']}, plain nats-py subscriber in this process on {r['subject_filter']}",
                   f"  writes: {fmt(r['rps'])} req/s, p50 {fmt(r['p50_ms'], 2)} ms, p99 {fmt(r['p99_ms'], 2)} ms, "
-                  f"max {fmt(r['max_ms'], 1)} ms, {errors} errors; {cpu_text(r.get('cpu', {}))}",
+                  f"max {fmt(r['max_ms'], 1)} ms, {errors} errors; {cpu_text(r.get('cpu', {}))}; "
+                  f"{r.get('pg_sessions_opened', '-')} PostgreSQL sessions opened during the run",
                   f"  lag, CloudEvent time to receipt:  p50 {fmt(r['lag_p50_ms'], 2)} ms, "
                   f"p90 {fmt(r['lag_p90_ms'], 2)} ms, p99 {fmt(r['lag_p99_ms'], 2)} ms, "
                   f"max {fmt(r['lag_max_ms'], 1)} ms over {r['messages']:,} messages "
@@ -1775,7 +1781,7 @@ def extra_sections(bench: Bench) -> list[str]:
         r = runs["propagation"]
         errors = r["non_2xx"] + r["socket_errors"]
         lines += ["", f"propagation (propagation): servers A and B, one database, one NATS stream, same signing key; "
-                      f"relay leader {r['relay_leader']}",
+                      f"relay leader {r['relay_leader']}; service {r.get('service')}",
                   f"  background on A: POST .../consents at {r['background_connections']} connections, "
                   f"{fmt(r['rps'])} req/s over {r['seconds']:.0f} s, p99 {fmt(r['p99_ms'], 2)} ms, {errors} errors",
                   f"  probe subject {r['probe_subject']}: grant/withdraw marketing for {PARTNER} on A (admin), "
@@ -1823,7 +1829,8 @@ def extra_sections(bench: Bench) -> list[str]:
                          f"vacuum analyze {s['vacuum_analyze_seconds']} s); "
                          f"rebuild: {b['output']}; ANALYZE of the read models {fmt(r['analyze']['seconds'], 1)} s "
                          f"(autovacuum {r['analyze']['autovacuum']}); database {r['read_models']['database_mb']:,} MB; "
-                         f"cache filled in {r['cache_warm_seconds']} s; answers {r['answer_mix']}")
+                         f"cache filled in {r['cache_warm_seconds']} s; answers {r['answer_mix']}; "
+                         f"service {r.get('service')}")
             for key in ("decisions", "latency"):
                 if key in r:
                     run = r[key]
@@ -1989,7 +1996,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--only: unknown runs {', '.join(unknown)}; choose among {', '.join(RUNS + EXTRA_RUNS)}")
     args.only = only
     if args.url and set(only) & set(EXTRA_RUNS):
-        parser.error(f"{', '.join(x for x in EXTRA_RUNS if x in only)} start their own servers: not with --url")
+        parser.error(f"--only {', '.join(x for x in EXTRA_RUNS if x in only)}: these runs start their own servers, "
+                     f"not with --url")
     try:
         args.scale_subjects = sorted({int(x.replace("_", "")) for x in args.scale_subjects.split(",") if x.strip()})
     except ValueError:
