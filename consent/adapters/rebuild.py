@@ -168,6 +168,10 @@ async def rebuild_projections(database: Database, progress: Progress | None = No
             await conn.execute(sa.text(f"INSERT INTO {table.name} SELECT * FROM {_shadow(table)}"))
             await conn.execute(sa.text(f"DROP TABLE {_shadow(table)}"))
         await conn.commit()
+    # Fresh statistics: the planner would otherwise scan whole tables for the subject lookups.
+    async with database.autocommit_engine.connect() as conn:
+        await conn.execute(sa.text(f"ANALYZE {', '.join(t.name for t in READ_MODELS)}" if postgres else "ANALYZE"))
+        await _commit(conn)
     return RebuildReport(events=count, streams=streams, caught_up_streams=len(late),
                          seconds=time.perf_counter() - started)
 
