@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from litestar.exceptions import HTTPException, ValidationException
@@ -60,8 +61,14 @@ def _from_database(error: Exception) -> ProblemDetailsException:
     return problem(503, "unavailable", "the database is unavailable; retry later", headers={"Retry-After": "1"})
 
 
+def log_unexpected(error: BaseException) -> None:
+    """The exception's type and where it was raised, never its message: messages can quote request data."""
+    where = "".join(traceback.format_tb(error.__traceback__))
+    log.error("unexpected %s\n%s", type(error).__name__, where)
+
+
 def _from_unexpected(error: Exception) -> ProblemDetailsException:
-    log.exception("unexpected error")
+    log_unexpected(error)
     return problem(500, "internal_error", "an unexpected error occurred")
 
 

@@ -19,7 +19,7 @@ from litestar.plugins.problem_details import ProblemDetailsException
 
 from consent.api.auth import Authenticator
 from consent.api.decisions import DecisionRequest, asking_partner
-from consent.api.errors import problem
+from consent.api.errors import log_unexpected, problem
 from consent.app.decisions import DecisionService, Question
 from consent.domain.errors import DomainError
 
@@ -48,8 +48,8 @@ def fast_decisions(authenticator: Callable[[], Authenticator],
                 status, headers, body = _problem_response(error)
             except DomainError as error:
                 status, headers, body = _problem_response(problem(error.status, error.code, error.detail))
-            except Exception:  # noqa: BLE001 - never a bare 500 without a problem body
-                log.exception("unexpected error in a decision")
+            except Exception as error:  # noqa: BLE001 - never a bare 500 without a problem body
+                log_unexpected(error)
                 status, headers, body = _problem_response(problem(500, "internal_error",
                                                                   "an unexpected error occurred"))
             await send({"type": "http.response.start", "status": status,

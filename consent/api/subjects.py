@@ -63,10 +63,9 @@ class SubjectController(Controller):
                           scopes=tuple(c.scopes) if c.scopes is not None else None, expires_at=c.expires_at)
                    for c in data.changes]
         evidence = Evidence(**msgspec.structs.asdict(data.evidence)) if data.evidence else None
-        answer, _replayed = await service.change_consents(
+        return await service.change_consents(
             subject_id, changes, data.source, evidence, principal.actor,
             expected_version=expected, idempotency=idempotency, global_opt_out=gpc)
-        return answer
 
     @get("/consents", summary="Current consents (the subject, or admin)", responses=ERRORS)
     async def get_consents(self, subject_id: FromPath[str],
@@ -75,7 +74,7 @@ class SubjectController(Controller):
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
         if _gpc(principal, sec_gpc):
-            await service.record_global_opt_out(subject_id, "gpc", principal.actor)
+            await service.record_global_opt_out(subject_id, principal.actor)
         return await service.subject_consents(subject_id)
 
     @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)", responses=ERRORS)

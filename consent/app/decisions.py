@@ -106,10 +106,6 @@ class DecisionService:
                                           retain_until=decision.retain_until))
         return Permissions(permissions=granted, position=max(head or 0, self._subjects.position))
 
-    @property
-    def position(self) -> int:
-        return self._subjects.position
-
     def _answer(self, question: Question, state, head: int | None) -> DecisionAnswer:
         now = self._clock.now()
         decision: Decision = decide(self._catalog(), state, question.partner, question.purpose, question.scopes, now)

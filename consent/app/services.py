@@ -54,11 +54,10 @@ class KeyedLocks:
 
 
 class Written(msgspec.Struct):
-    """A catalog entity after a command, whether the command changed it, and where the log stands."""
+    """A catalog entity after a command, and whether the command created it."""
 
     entity: Any
     created: bool
-    position: int | None
 
 
 class ConsentService:
@@ -162,7 +161,7 @@ class ConsentService:
                 current, stream_version = await load(uow)
                 new_events = decide(current)
                 if not new_events:
-                    return Written(entity=current, created=False, position=None)
+                    return Written(entity=current, created=False)
                 # Fold onto a scratch catalog holding just this entity, to project its new state.
                 scratch = Catalog()
                 if current is not None:
@@ -173,7 +172,7 @@ class ConsentService:
                 recorded = await uow.save_catalog_entity(stream_id, stream_version, new_events, entity, actor)
                 await uow.commit()
                 await self._after_commit(recorded)
-            return Written(entity=entity, created=current is None, position=recorded[-1].position)
+            return Written(entity=entity, created=current is None)
 
         return await self._retrying(attempt)
 
@@ -182,10 +181,10 @@ class ConsentService:
     async def change_consents(self, subject_id: str, changes: list[Change], source: Source,
                               evidence: Evidence | None, actor: str, *, expected_version: int | None = None,
                               idempotency: tuple[str, str] | None = None,
-                              global_opt_out: bool = False) -> tuple[SubjectConsentsView, bool]:
-        """Apply all changes or none. Returns the answer and whether it is a replay of an earlier one."""
+                              global_opt_out: bool = False) -> SubjectConsentsView:
+        """Apply all changes or none; a replayed Idempotency-Key gets the first answer again."""
 
-        async def attempt() -> tuple[SubjectConsentsView, bool]:
+        async def attempt() -> SubjectConsentsView:
             async with self._unit_of_work(single_write=idempotency is None) as uow:
                 if idempotency is not None:
                     earlier = await uow.idempotent_answer(idempotency[0])
@@ -194,24 +193,21 @@ class ConsentService:
                             # A Conflict, so 409 as API.md says: the body is valid, the key is taken.
                             raise Conflict("idempotency_key_reused",
                                            "this Idempotency-Key was used with another request body")
-                        return msgspec.convert(earlier[1], SubjectConsentsView), True
+                        return msgspec.convert(earlier[1], SubjectConsentsView)
                 state = await uow.load_subject(subject_id)
                 if expected_version is not None and state.version != expected_version:
                     raise VersionConflict(f"subject:{subject_id}", expected_version)
-                version_before = state.version
                 now = self._clock.now()
                 new_events = change_consents(state, self.catalog, changes, source, evidence, now)
                 if global_opt_out and not state.global_opt_out:
                     new_events.append(GlobalOptOutRecorded(occurred_at=now, source="gpc"))
-                for event in new_events:
-                    state.apply(event)
-                recorded = await uow.save_subject(state, version_before, new_events, actor) if new_events else []
+                recorded = await self._apply_and_save(uow, state, new_events, actor)
                 answer = subject_view(state, now)
                 if idempotency is not None:
                     await uow.remember_answer(idempotency[0], idempotency[1], msgspec.to_builtins(answer))
                 await uow.commit()
                 await self._after_commit(recorded)
-            return answer, False
+            return answer
 
         # Writers to one subject in this process take turns, so they do not fail each other's
         # version checks; writers in other processes still can, and are retried.
@@ -225,7 +221,7 @@ class ConsentService:
             recorded = []
             for subject_id in await uow.claim_due_subjects(now, limit):
                 state = await uow.load_subject(subject_id)
-                recorded += await self._save_system_events(uow, state, expire_due(state, now))
+                recorded += await self._apply_and_save(uow, state, expire_due(state, now), "system")
             await uow.commit()
             await self._after_commit(recorded)
         return len(recorded)
@@ -237,8 +233,8 @@ class ConsentService:
             recorded = []
             for subject_id, partner_id in await uow.claim_grants_of_terminated_partners(limit):
                 state = await uow.load_subject(subject_id)
-                recorded += await self._save_system_events(
-                    uow, state, withdraw_for_terminated_partner(state, partner_id, now))
+                recorded += await self._apply_and_save(
+                    uow, state, withdraw_for_terminated_partner(state, partner_id, now), "system")
             await uow.commit()
             await self._after_commit(recorded)
         return len(recorded)
@@ -253,17 +249,18 @@ class ConsentService:
             await self.change_partner_status(partner_id, "suspend", "system")
         return len(ended)
 
-    async def _save_system_events(self, uow: UnitOfWork, state: SubjectConsents,
-                                  new_events: list[Event]) -> list[RecordedEvent]:
+    async def _apply_and_save(self, uow: UnitOfWork, state: SubjectConsents, new_events: list[Event],
+                              actor: str) -> list[RecordedEvent]:
+        """Fold the events into the state and append them at the version the state was loaded at."""
         if not new_events:
             return []
         version_before = state.version
         for event in new_events:
             state.apply(event)
-        return await uow.save_subject(state, version_before, new_events, "system")
+        return await uow.save_subject(state, version_before, new_events, actor)
 
-    async def record_global_opt_out(self, subject_id: str, source: Source, actor: str) -> None:
-        await self.change_consents(subject_id, [], source, None, actor, global_opt_out=True)
+    async def record_global_opt_out(self, subject_id: str, actor: str) -> None:
+        await self.change_consents(subject_id, [], "gpc", None, actor, global_opt_out=True)
 
     async def subject_consents(self, subject_id: str) -> SubjectConsentsView:
         async with self._unit_of_work() as uow:
