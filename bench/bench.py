@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import hashlib
@@ -89,6 +90,8 @@ TARGETS = {
     "rebuild_events_per_s": 20_000,  # consent projections rebuild
 }
 PARTNER = "acme"  # the partner whose token drives the decision runs
+# Wraps the data keys that encrypt evidence; every server of one run shares it (they share a database).
+MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 WRITE_KEY = {"purpose": "ad_sharing", "partner": "initech", "scopes": ["profile.email"]}  # never seeded
 
 # --- the catalog -------------------------------------------------------------------------------
@@ -666,7 +669,8 @@ class Bench:
             self.admin_key = secrets.token_urlsafe(24)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_")}
         env.update(CONSENT_DATABASE_URL=self.database_url, CONSENT_ADMIN_KEYS=self.admin_key,
-                   CONSENT_TOKEN_SIGNING_KEY=signing_key or secrets.token_urlsafe(32), CONSENT_PARTNER_RATE_LIMIT="0")
+                   CONSENT_TOKEN_SIGNING_KEY=signing_key or secrets.token_urlsafe(32), CONSENT_PARTNER_RATE_LIMIT="0",
+                   CONSENT_MASTER_KEY=MASTER_KEY)
         env.update(extra_env or {})
         uvicorn = Path(sys.executable).parent / "uvicorn"
         launcher = [str(uvicorn)] if uvicorn.exists() else [sys.executable, "-m", "uvicorn"]

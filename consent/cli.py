@@ -1,4 +1,4 @@
-"""The `consent` command: serve the API, migrate the database."""
+"""The `consent` command: serve the API, migrate the database, rebuild read models, verify the log."""
 
 from __future__ import annotations
 
@@ -28,9 +28,29 @@ def main(argv: list[str] | None = None) -> int:
     projections = commands.add_parser("projections", help="read models")
     projections.add_argument("action", choices=["rebuild"], help="replay the whole log into fresh read tables")
 
+    audit = commands.add_parser("audit", help="the tamper-evident log")
+    audit.add_argument("action", choices=["verify"],
+                       help="recompute every event's hash chain and the checkpoints; exit 1 at the first broken link")
+
+    keys = commands.add_parser("keys", help="signing keys, and the master key of subjects' data keys")
+    keys.add_argument("action", choices=["new-receipt-key", "rewrap"],
+                      help="put a new receipt signing key first in FILE (created if missing); older keys stay "
+                           "published so that receipts they signed still verify")
+    keys.add_argument("file", metavar="FILE", nargs="?",
+                      help="new-receipt-key: JWKS file of Ed25519 private keys (CONSENT_RECEIPT_KEYS)")
+    keys.add_argument("--batch", type=int, default=500,
+                      help="rewrap: wrap every subject's data key again with CONSENT_MASTER_KEY, this many keys "
+                           "a transaction; events are not touched")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "keys" and args.action == "new-receipt-key":
+        if args.file is None:
+            parser.error("keys new-receipt-key needs FILE")
+        return _new_receipt_key(args.file)
     settings = Settings.from_env()
+    if args.command == "keys":
+        return asyncio.run(_rewrap(settings, args.batch))
 
     if args.command == "db":
         if args.action == "upgrade":
@@ -42,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "projections":
         return asyncio.run(_rebuild(settings))
 
+    if args.command == "audit":
+        return asyncio.run(_verify(settings))
+
     if args.migrate and not settings.embedded:
         migrate.upgrade(settings.database_url)
     import uvicorn
@@ -49,6 +72,50 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run("consent.api.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, access_log=False, log_level="info", loop="auto", http="auto")
     return 0
+
+
+def _new_receipt_key(path: str) -> int:
+    from pathlib import Path
+
+    from consent.adapters.receipt_keys import ReceiptKeyError, add_new_key
+
+    try:
+        kid, kept = add_new_key(Path(path))
+    except (ReceiptKeyError, OSError) as error:
+        print(f"consent keys: {error}", file=sys.stderr)
+        return 1
+    print(f"receipt key {kid} now signs; {kept} older key(s) kept in {path} to verify earlier receipts. "
+          "Restart every replica on this file.")
+    return 0
+
+
+async def _rewrap(settings: Settings, batch: int) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from consent.adapters.cipher import UnknownMasterKey
+    from consent.adapters.database import Database
+    from consent.adapters.key_rotation import count_outdated, rewrap_all
+    from consent.adapters.master_key import master_keys
+
+    master = master_keys(settings)
+    if master is None:
+        print("consent keys rewrap: CONSENT_MASTER_KEY is not set", file=sys.stderr)
+        return 1
+    database = Database(settings.database_url)
+    try:
+        columns = (TextColumn("rewrapping data keys"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns) as bar:
+            task = bar.add_task("keys", total=await count_outdated(database, master))
+            report = await rewrap_all(database, master, max(batch, 1), lambda n: bar.advance(task, n))
+    except UnknownMasterKey as error:
+        print(f"consent keys rewrap: {error}; add it to CONSENT_MASTER_KEYS_OLD. Nothing was changed.",
+              file=sys.stderr)
+        return 1
+    finally:
+        await database.dispose()
+    print(f"{report.rewrapped} data keys rewrapped under master key {master.current_id} in {report.seconds:.1f} s; "
+          f"{report.unreadable} did not unwrap; {report.remaining} not under it now")
+    return 0 if report.unreadable == 0 else 1
 
 
 async def _rebuild(settings: Settings) -> int:
@@ -71,6 +138,36 @@ async def _rebuild(settings: Settings) -> int:
     print(f"{report.events} events in {report.streams} streams replayed in {report.seconds:.1f} s "
           f"({report.events_per_second:,.0f} events/s); {report.caught_up_streams} streams caught up at the swap")
     return 0
+
+
+async def _verify(settings: Settings) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from consent.adapters.database import Database
+    from consent.adapters.log_verify import verify_log
+    from consent.adapters.sql_store import head_position
+
+    database = Database(settings.database_url)
+    try:
+        async with database.reading() as conn:
+            total = await head_position(conn)
+        columns = (TextColumn("verifying the log"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns) as bar:
+            task = bar.add_task("events", total=total)
+            report = await verify_log(database, lambda n: bar.advance(task, n))
+    finally:
+        await database.dispose()
+    print(f"{report.events} events in {report.streams} streams and {report.checkpoints} checkpoints verified "
+          f"in {report.seconds:.1f} s ({report.events_per_second:,.0f} events/s)")
+    if report.broken is None:
+        print("the log is intact")
+        return 0
+    broken = report.broken
+    print(f"BROKEN at position {broken.position}"
+          + (f", event {broken.event_id}, stream {broken.stream_id} version {broken.stream_version}"
+             if broken.event_id is not None else "")
+          + f": {broken.problem}")
+    return 1
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from consent.config import Settings
 POSTGRES_URL = os.environ.get("CONSENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ADMIN_KEY = "test-admin-key-0123456789"
 USER_TOKEN_SECRET = "test-user-token-secret-0123456789abcdef"
+MASTER_KEY = "dGVzdCBtYXN0ZXIga2V5OiAzMiBieXRlcyBsb25nISE="  # base64 of 32 bytes: wraps subjects' data keys
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -123,7 +124,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET)
+    return Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET,
+                    master_key=MASTER_KEY)
 
 
 @pytest.fixture
@@ -178,6 +180,6 @@ def no_secret_in_any_log_line():
     yield
     root.removeHandler(recorder)
     root.setLevel(previous)
-    secrets = (ADMIN_KEY, USER_TOKEN_SECRET, "Bearer ", "eyJ", "client_secret=")
+    secrets = (ADMIN_KEY, USER_TOKEN_SECRET, MASTER_KEY, "Bearer ", "eyJ", "client_secret=")
     leaks = [line for line in recorder.lines if any(secret in line for secret in secrets)]
     assert not leaks, f"{len(leaks)} log lines carry a credential, e.g. {leaks[0][:300]}"

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from consent.adapters.cloudevents import PRIVATE_FIELDS, TYPE_PREFIX
+from consent.adapters.cloudevents import PRIVATE_FIELDS, PSEUDONYMOUS, TYPE_PREFIX, is_published
 from consent.domain.events import EVENT_TYPES
 
 
@@ -29,12 +29,14 @@ def _channel(tag: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def document() -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(list(EVENT_TYPES.values()),
+    _, components = msgspec.json.schema_components([c for t, c in EVENT_TYPES.items() if is_published(t)],
                                                    ref_template="#/components/schemas/{name}")
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     for tag, cls in sorted(EVENT_TYPES.items()):
+        if not is_published(tag):
+            continue
         name, address, parameters = _channel(tag)
         data = dict(components[cls.__name__])
         data["properties"] = {k: v for k, v in data["properties"].items() if k not in (*PRIVATE_FIELDS, "type")}
@@ -64,6 +66,13 @@ def document() -> dict[str, Any]:
                 },
             },
         }
+        if tag.startswith("subject.") and "partner" in data["properties"]:
+            payload = messages[name]["payload"]["properties"]
+            payload["subject"] = {"type": "string", "description": (
+                "the subject id; for an event about a partner with pairwise identifiers, that partner's "
+                "pseudonym of the subject instead (the subject id is then in no field)")}
+            payload[PSEUDONYMOUS] = {"type": "boolean", "description": (
+                "CloudEvents extension, present (true) only when `subject` is a pairwise pseudonym")}
         channels[name] = {"address": address, "parameters": parameters,
                           "messages": {name: {"$ref": f"#/components/messages/{name}"}}}
         operations[f"receive_{name}"] = {"action": "receive", "channel": {"$ref": f"#/channels/{name}"}}

@@ -7,11 +7,19 @@ from typing import Any
 import msgspec
 
 from consent.app.ports import RecordedEvent
-from consent.domain.events import event_data, event_type
+from consent.domain.events import PERSONAL_FIELDS, event_data, event_type
 
 TYPE_PREFIX = "io.consent.v1."
-# Never published: may hold personal data (what was shown, where), kept in the log only.
-PRIVATE_FIELDS = ("evidence", "name")
+# Governance reads (`audit.*`) are for GET /v1/audit, not for subscribers: they stay in the log.
+UNPUBLISHED = ("audit.",)
+
+
+def is_published(event_type: str) -> bool:
+    return not event_type.startswith(UNPUBLISHED)
+# Never published: personal data (kept in the log only, encrypted), and names.
+PRIVATE_FIELDS = (*sorted(PERSONAL_FIELDS), "name")
+# CloudEvents extension attribute, true when `subject` is a pairwise partner's pseudonym.
+PSEUDONYMOUS = "pseudonymous"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -31,7 +39,7 @@ def cloudevent(recorded: RecordedEvent, source: str) -> dict[str, Any]:
         data.pop(field, None)
     data["position"] = recorded.position
     data["stream_version"] = recorded.stream_version
-    return {
+    cloud = {
         "specversion": "1.0",
         "id": str(recorded.event_id),
         "source": source,
@@ -41,6 +49,13 @@ def cloudevent(recorded: RecordedEvent, source: str) -> dict[str, Any]:
         "datacontenttype": "application/json",
         "data": data,
     }
+    if recorded.pseudonym is not None:
+        # A pairwise partner's event: that partner's pseudonym, never the subject id (no field of
+        # a subject event's data holds the subject id). The extension tells consumers, and the
+        # replica feed, that `subject` is a pseudonym.
+        cloud["subject"] = recorded.pseudonym
+        cloud[PSEUDONYMOUS] = True
+    return cloud
 
 
 def encode(recorded: RecordedEvent, source: str) -> bytes:

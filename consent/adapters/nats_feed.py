@@ -20,6 +20,7 @@ from nats.js.api import DeliverPolicy
 from consent.adapters.cloudevents import TYPE_PREFIX
 from consent.adapters.nats_relay import ensure_stream
 from consent.app.ports import RecordedEvent
+from consent.app.services import CATALOG_STREAMS
 from consent.domain.events import event_from_data
 
 log = logging.getLogger("consent.feed")
@@ -31,21 +32,28 @@ class _CloudEvent(msgspec.Struct):
     time: datetime
     subject: str
     data: dict
+    pseudonymous: bool = False  # `subject` is a pairwise partner's pseudonym (see cloudevents.py)
 
 
 _decode = msgspec.json.Decoder(_CloudEvent).decode
 
 
+# Events a replica applies as they come; the catalog's are re-read (NATS leaves out private fields),
+# the audit's concern no replica.
+APPLIED = ("subject", "credential", "token")
+
+
 def recorded_from_message(payload: bytes) -> RecordedEvent:
-    """The event a CloudEvent carries; `event` is None for catalog events (they are re-read)."""
+    """The event a CloudEvent carries; `event` is None for events that are not APPLIED."""
     cloud = _decode(payload)
     tag = cloud.type.removeprefix(TYPE_PREFIX)
     aggregate = tag.split(".", 1)[0]
     data = dict(cloud.data)
     position, stream_version = data.pop("position"), data.pop("stream_version")
-    event = event_from_data(tag, data) if aggregate == "subject" else None
+    event = event_from_data(tag, data) if aggregate in APPLIED else None
     return RecordedEvent(event_id=cloud.id, stream_id=f"{aggregate}:{cloud.subject}", stream_version=stream_version,
-                         position=position, event=event, recorded_at=cloud.time)  # type: ignore[arg-type]
+                         position=position, event=event, recorded_at=cloud.time,  # type: ignore[arg-type]
+                         pseudonym=cloud.subject if cloud.pseudonymous else None)
 
 
 class NatsFeed:
@@ -86,7 +94,7 @@ class NatsFeed:
     async def _handle(self, msg) -> None:
         try:
             recorded = recorded_from_message(msg.data)
-            if recorded.event is None:
+            if recorded.stream_id.split(":", 1)[0] in CATALOG_STREAMS:
                 # Before the position moves: an answer at this position must see the change.
                 await self._on_catalog_change(recorded.stream_id, recorded.stream_version)
             await self._on_events([recorded])

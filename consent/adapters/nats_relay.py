@@ -30,12 +30,13 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from consent.adapters.cloudevents import encode, nats_subject
+from consent.adapters.cloudevents import encode, is_published, nats_subject
 from consent.adapters.database import Database
+from consent.adapters.sql_store import published_pseudonym
 from consent.adapters.tables import events, relay_checkpoints
 from consent.app.background import BackgroundLoop
 from consent.app.ports import RecordedEvent
-from consent.domain.events import event_from_data
+from consent.domain.events import event_from_data, event_type, without_personal
 
 log = logging.getLogger("consent.relay")
 
@@ -45,14 +46,15 @@ DUPLICATE_WINDOW = 300.0  # seconds; far longer than a relay takes to restart
 CHECKPOINT_EVERY = 0.25  # seconds
 
 _PENDING_POSTGRES = sa.text("""
-    SELECT position, event_id, stream_id, stream_version, type, data, recorded_at,
+    SELECT position, event_id, stream_id, stream_version, type, data, metadata, recorded_at,
            transaction_id::text::bigint AS transaction_id
     FROM events
     WHERE (transaction_id, position) > (CAST(:transaction_id AS xid8), :position)
       AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY transaction_id, position
     LIMIT :limit
-""").columns(data=events.c.data.type, recorded_at=events.c.recorded_at.type, event_id=events.c.event_id.type)
+""").columns(data=events.c.data.type, metadata=events.c.metadata.type, recorded_at=events.c.recorded_at.type,
+             event_id=events.c.event_id.type)
 
 
 async def ensure_stream(js: JetStreamContext, name: str, subject_prefix: str) -> None:
@@ -63,6 +65,13 @@ async def ensure_stream(js: JetStreamContext, name: str, subject_prefix: str) ->
         await js.add_stream(config)
     else:
         await js.update_stream(config)
+
+
+def _recorded(row) -> RecordedEvent:
+    event = event_from_data(row.type, without_personal(row.data))  # never published: not even opened
+    return RecordedEvent(event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
+                         position=row.position, event=event, recorded_at=row.recorded_at,
+                         pseudonym=published_pseudonym(event, row._mapping["metadata"]))
 
 
 class Relay(BackgroundLoop):
@@ -156,17 +165,13 @@ class Relay(BackgroundLoop):
             if self._database.is_sqlite:
                 rows = (await conn.execute(
                     sa.select(events.c.position, events.c.event_id, events.c.stream_id, events.c.stream_version,
-                              events.c.type, events.c.data, events.c.recorded_at, sa.literal(0).label("transaction_id"))
+                              events.c.type, events.c.data, events.c.metadata, events.c.recorded_at,
+                              sa.literal(0).label("transaction_id"))
                     .where(events.c.position > position).order_by(events.c.position).limit(BATCH))).all()
             else:
                 rows = (await conn.execute(_PENDING_POSTGRES, {
                     "transaction_id": transaction_id, "position": position, "limit": BATCH})).all()
-        return [
-            (row.transaction_id, RecordedEvent(
-                event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
-                position=row.position, event=event_from_data(row.type, row.data), recorded_at=row.recorded_at))
-            for row in rows
-        ]
+        return [(row.transaction_id, _recorded(row)) for row in rows]
 
     async def _publish(self, js: JetStreamContext, batch: list[RecordedEvent]) -> None:
         # Pipelined on one connection, which keeps their order; every ack is awaited
@@ -174,7 +179,7 @@ class Relay(BackgroundLoop):
         acks = [
             await js.publish_async(nats_subject(r, self._prefix), encode(r, self._source),
                                    headers={"Nats-Msg-Id": str(r.event_id)})
-            for r in batch
+            for r in batch if is_published(event_type(r.event))
         ]
         await asyncio.wait_for(asyncio.gather(*acks), timeout=10.0)
 

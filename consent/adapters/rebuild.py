@@ -22,7 +22,7 @@ from consent.adapters.database import Database
 from consent.adapters.sql_store import catalog_row, consent_row, subject_row
 from consent.adapters.tables import consents, events, partners, purposes, scopes, subjects
 from consent.domain.catalog import Catalog
-from consent.domain.events import event_from_data
+from consent.domain.events import event_from_data, without_personal
 from consent.domain.subject import SubjectConsents
 
 READ_MODELS = (subjects, consents, purposes, scopes, partners)
@@ -88,7 +88,7 @@ async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | 
                 await writer.add(consents, consent_row(subject.subject_id, record))
 
     async for row in rows:
-        event = event_from_data(row.type, row.data)
+        event = event_from_data(row.type, without_personal(row.data))  # read models hold no personal data
         if row.stream_id.startswith("subject:"):
             if subject is None or subject.subject_id != row.stream_id[8:]:
                 await flush_subject()

@@ -14,11 +14,34 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.adapters.database import Database
+from consent.adapters.subject_keys import (
+    WITHOUT_MASTER_KEY,
+    KeyRow,
+    Sealer,
+    SubjectKeys,
+    forget_subject,
+    has_personal_data,
+    opened,
+    sealed_subjects,
+    sealer,
+    stored_keys,
+)
 from consent.adapters.tables import consents, events, idempotency_keys, partners, purposes, scopes, subjects
+from consent.adapters.tables import pseudonyms as pseudonyms_table
+from consent.adapters.tables import subject_keys as subject_keys_table
 from consent.app.ports import RecordedEvent
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, VersionConflict
-from consent.domain.events import Event, SubjectChange, SubjectErased, event_data, event_from_data, event_type
+from consent.domain.events import (
+    Event,
+    SubjectChange,
+    SubjectErased,
+    event_data,
+    event_from_data,
+    event_type,
+    without_personal,
+)
+from consent.domain.hash_chain import GENESIS, event_hash
 from consent.domain.subject import ConsentRecord, SubjectConsents
 
 _encode_json = msgspec.json.Encoder().encode
@@ -31,6 +54,17 @@ _SUBJECT_STATE = (
 )
 _SUBJECTS_BY_ANY = _SUBJECT_STATE.where(
     subjects.c.subject_id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String))))
+# For a write: the state and the hash of the stream's last event, which the next one chains to,
+# in the same indexed read (the decision path's reads above do without it).
+_SUBJECT_FOR_WRITE = (
+    _SUBJECT_STATE.add_columns(events.c.hash.label("head_hash"))
+    .outerjoin(events, sa.and_(events.c.stream_id == sa.literal("subject:") + subjects.c.subject_id,
+                               events.c.stream_version == subjects.c.version))
+    .where(subjects.c.subject_id == sa.bindparam("subject_id"))
+    # ... and the subject's data key, which seals personal fields (consent/adapters/subject_keys.py).
+    .outerjoin(subject_keys_table, subject_keys_table.c.subject_id == subjects.c.subject_id)
+    .add_columns(subject_keys_table.c.key_id, subject_keys_table.c.wrapped_key, subject_keys_table.c.master_key_id)
+)
 
 
 def subject_stream(subject_id: str) -> str:
@@ -98,7 +132,37 @@ def _scope(row: Any) -> Scope:
 def _partner(row: Any) -> Partner:
     return Partner(id=row["id"], name=row["name"], status=row["status"],
                    data_uses={k: tuple(v) for k, v in row["data_uses"].items()},
-                   contract_ends_at=row["contract_ends_at"], base_status=row["base_status"])
+                   contract_ends_at=row["contract_ends_at"], base_status=row["base_status"],
+                   identifiers=row["identifiers"], rate_limit=row["rate_limit"])
+
+
+def event_rows(previous_hash: bytes, stream_id: str, expected_version: int, new_events: list[Event],
+               actor: str, now: datetime, pseudonyms: dict[str, str] | None = None,
+               seal: Sealer | None = None) -> list[dict[str, Any]]:
+    """The rows that append `new_events` to a stream, each hashed onto the one before.
+
+    Every append goes through here, so that no row is written without its link in the chain.
+    `pseudonyms` ({pairwise partner: pseudonym}) go into the metadata, for the relay to publish.
+    `seal` encrypts personal fields before the hash, so that the chain covers what is stored.
+    """
+    metadata: dict[str, Any] = {"actor": actor, "pseudonyms": pseudonyms} if pseudonyms else {"actor": actor}
+    rows = []
+    for version, event in enumerate(new_events, start=expected_version + 1):
+        event_id = uuid.uuid4()
+        data = event_data(event) if seal is None else seal(event_data(event), stream_id, event_id)
+        row = {"event_id": event_id, "stream_id": stream_id, "stream_version": version,
+               "type": event_type(event), "data": data, "metadata": metadata,
+               "recorded_at": now}
+        row["hash"] = previous_hash = event_hash(
+            previous_hash, stream_id, version, row["event_id"], row["type"], now, row["data"], row["metadata"])
+        rows.append(row)
+    return rows
+
+
+def published_pseudonym(event: Event, metadata: dict[str, Any]) -> str | None:
+    """What a subject event about a pairwise partner is published with instead of the subject id."""
+    partner_id = getattr(event, "partner", None)
+    return metadata.get("pseudonyms", {}).get(partner_id) if partner_id is not None else None
 
 
 def _json(value: Any) -> str | None:
@@ -106,13 +170,14 @@ def _json(value: Any) -> str | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _one_statement_save(event_count: int, consent_count: int) -> sa.TextClause:
+def _one_statement_save(event_count: int, consent_count: int, pseudonym_count: int = 0,
+                        new_key: bool = False) -> sa.TextClause:
     appended = ", ".join(
-        f"(:id{n}, :stream_id, :v{n}, :t{n}, CAST(:d{n} AS jsonb), CAST(:metadata AS jsonb), :now)"
+        f"(:id{n}, :stream_id, :v{n}, :t{n}, CAST(:d{n} AS jsonb), CAST(:metadata AS jsonb), :now, :h{n})"
         for n in range(event_count))
     sql = f"""
         WITH appended AS (
-            INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at)
+            INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at, hash)
             VALUES {appended} RETURNING position, stream_version),
         subject AS (
             INSERT INTO subjects (subject_id, version, position, global_opt_out)
@@ -132,6 +197,21 @@ def _one_statement_save(event_count: int, consent_count: int) -> sa.TextClause:
             ON CONFLICT (subject_id, purpose_id, partner_id) DO UPDATE SET scopes = EXCLUDED.scopes,
                 status = EXCLUDED.status, expires_at = EXCLUDED.expires_at,
                 purpose_version = EXCLUDED.purpose_version, updated_at = EXCLUDED.updated_at)"""
+    if pseudonym_count:  # only writes concerning a pairwise partner pay for this
+        rows = ", ".join(f"(:wp{n}, :wn{n}, :subject_id)" for n in range(pseudonym_count))
+        sql += f""",
+        pseudonym AS (
+            INSERT INTO pseudonyms (partner_id, pseudonym, subject_id) VALUES {rows}
+            ON CONFLICT (partner_id, pseudonym) DO NOTHING)"""
+    if new_key:
+        # The subject's first personal data: its data key, with the events. A key row is only ever made
+        # or deleted together with an append to the subject's stream, so a key committed by someone else
+        # since the state was read means an event at this version too: the append then fails whole.
+        sql += """,
+        subject_key AS (
+            INSERT INTO subject_keys (subject_id, key_id, wrapped_key, master_key_id, created_at)
+            VALUES (:subject_id, :key_id, :wrapped_key, :master_key_id, :now)
+            ON CONFLICT (subject_id) DO NOTHING)"""
     return sa.text(sql + "\n        SELECT position FROM appended ORDER BY stream_version")
 
 
@@ -159,18 +239,23 @@ def catalog_row(entity: Purpose | Scope | Partner, stream_version: int) -> tuple
     return partners, dict(
         id=entity.id, name=entity.name, status=entity.status, base_status=entity.base_status,
         data_uses={k: list(v) for k, v in entity.data_uses.items()}, contract_ends_at=entity.contract_ends_at,
-        stream_version=stream_version)
+        identifiers=entity.identifiers, rate_limit=entity.rate_limit, stream_version=stream_version)
 
 
 class SqlUnitOfWork:
     """One database transaction; see `consent.app.ports.UnitOfWork`."""
 
-    def __init__(self, database: Database, single_write: bool = False) -> None:
+    def __init__(self, database: Database, single_write: bool = False, keys: SubjectKeys | None = None) -> None:
         self._database = database
+        self._keys = keys or WITHOUT_MASTER_KEY
+        # subject -> its data key row as read with its state (None: it has none).
+        self._key_rows: dict[str, KeyRow | None] = {}
         # One save, and on PostgreSQL a save is one statement: atomic without a transaction,
         # which spares the BEGIN and COMMIT round trips on the write hot path.
         self._autocommit = single_write and not database.is_sqlite
         self._committed = False
+        # stream -> (version, hash) of its last event as read or written here: what the next append chains to.
+        self._stream_heads: dict[str, tuple[int, bytes]] = {}
         self.conn: AsyncConnection
 
     async def __aenter__(self) -> SqlUnitOfWork:
@@ -205,14 +290,11 @@ class SqlUnitOfWork:
     # The log
 
     async def _append(self, stream_id: str, expected_version: int, new_events: list[Event],
-                      actor: str) -> list[RecordedEvent]:
+                      actor: str, pseudonyms: dict[str, str] | None = None,
+                      seal: Sealer | None = None) -> list[RecordedEvent]:
         now = datetime.now(UTC)
-        rows = [
-            {"event_id": uuid.uuid4(), "stream_id": stream_id, "stream_version": expected_version + n,
-             "type": event_type(event), "data": event_data(event), "metadata": {"actor": actor},
-             "recorded_at": now}
-            for n, event in enumerate(new_events, start=1)
-        ]
+        rows = event_rows(await self._previous_hash(stream_id, expected_version), stream_id, expected_version,
+                          new_events, actor, now, pseudonyms, seal)
         statement = sa.insert(events).returning(events.c.position, sort_by_parameter_order=True)
         try:
             positions = (await self.conn.execute(statement, rows)).scalars().all()
@@ -220,20 +302,77 @@ class SqlUnitOfWork:
             if "stream_version" in str(error.orig):
                 raise VersionConflict(stream_id, expected_version) from None
             raise
+        self._stream_heads[stream_id] = (rows[-1]["stream_version"], rows[-1]["hash"])
         return [
             RecordedEvent(event_id=row["event_id"], stream_id=stream_id, stream_version=row["stream_version"],
-                          position=position, event=event, recorded_at=now)
+                          position=position, event=event, recorded_at=now,
+                          pseudonym=published_pseudonym(event, row["metadata"]))
             for row, position, event in zip(rows, positions, new_events, strict=True)
         ]
+
+    async def _previous_hash(self, stream_id: str, expected_version: int) -> bytes:
+        """The hash of the stream's event at `expected_version`, read with the state if it was."""
+        if expected_version == 0:
+            return GENESIS
+        head = self._stream_heads.get(stream_id)
+        if head is not None and head[0] == expected_version:
+            return head[1]
+        found = (await self.conn.execute(sa.select(events.c.hash).where(
+            events.c.stream_id == stream_id, events.c.stream_version == expected_version))).scalar()
+        if found is None:  # the stream is not where the caller read it: reload and retry
+            raise VersionConflict(stream_id, expected_version)
+        return found
 
     async def read_stream(self, stream_id: str, after: int, limit: int) -> list[RecordedEvent]:
         query = (sa.select(events).where(events.c.stream_id == stream_id, events.c.position > after)
                  .order_by(events.c.stream_version).limit(limit))
+        rows = (await self.conn.execute(query)).all()
         return [
             RecordedEvent(event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
-                          position=row.position, event=event_from_data(row.type, row.data),
+                          position=row.position, event=event_from_data(row.type, data),
                           recorded_at=row.recorded_at)
-            for row in (await self.conn.execute(query)).all()
+            for row, data in zip(rows, await self._readable(rows), strict=True)
+        ]
+
+    async def event_at(self, stream_id: str, position: int) -> RecordedEvent | None:
+        """One event of a stream, without its personal fields: for checks that must not need a key."""
+        row = (await self.conn.execute(sa.select(events).where(events.c.position == position,
+                                                               events.c.stream_id == stream_id))).first()
+        if row is None:
+            return None
+        return RecordedEvent(event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
+                             position=row.position, event=event_from_data(row.type, without_personal(row.data)),
+                             recorded_at=row.recorded_at)
+
+    async def _readable(self, rows: list[Any]) -> list[dict[str, Any]]:
+        """Each row's data with its personal fields opened, or `[erased]` where the subject's key is gone."""
+        stored = await stored_keys(self.conn, sealed_subjects(rows))
+        return [opened(self._keys, stored, row) for row in rows]
+
+    async def append(self, stream_id: str, expected_version: int, new_events: list[Event],
+                     actor: str) -> list[RecordedEvent]:
+        """Append to a stream without a projection of its own (access, audit)."""
+        return await self._append(stream_id, expected_version, new_events, actor)
+
+    async def stream_version(self, stream_id: str) -> int:
+        return (await self.conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.stream_version), 0))
+                                        .where(events.c.stream_id == stream_id))).scalar_one()
+
+    async def read_audit(self, after: int, limit: int) -> list[tuple[RecordedEvent, str]]:
+        """What administrators and partners did, with who did it, oldest first."""
+        # The same predicate as the partial index ix_events_audit, so that the index serves it.
+        if self._database.is_sqlite:
+            audited = sa.text("json_extract(metadata, '$.actor') NOT IN ('subject', 'system')")
+        else:
+            audited = sa.text("(metadata ->> 'actor') NOT IN ('subject', 'system')")
+        query = (sa.select(events).where(audited, events.c.position > after)
+                 .order_by(events.c.position).limit(limit))
+        rows = (await self.conn.execute(query)).all()
+        return [
+            (RecordedEvent(event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
+                           position=row.position, event=event_from_data(row.type, data),
+                           recorded_at=row.recorded_at), row.metadata["actor"])
+            for row, data in zip(rows, await self._readable(rows), strict=True)
         ]
 
     # Subjects
@@ -242,54 +381,101 @@ class SqlUnitOfWork:
         return await load_catalog(self.conn)
 
     async def load_subject(self, subject_id: str) -> SubjectConsents:
-        return (await load_subjects(self.conn, [subject_id]))[subject_id]
+        rows = (await self.conn.execute(_SUBJECT_FOR_WRITE, {"subject_id": subject_id})).all()
+        state = subjects_from_rows(rows, [subject_id])[subject_id]
+        if rows and rows[0].head_hash is not None:
+            self._stream_heads[subject_stream(subject_id)] = (state.version, rows[0].head_hash)
+        self._key_rows[subject_id] = (KeyRow(rows[0].key_id, rows[0].wrapped_key, rows[0].master_key_id)
+                                      if rows and rows[0].key_id is not None else None)
+        return state
 
     async def save_subject(self, state: SubjectConsents, expected_version: int, new_events: list[Event],
-                           actor: str) -> list[RecordedEvent]:
+                           actor: str, pseudonyms: dict[str, str] | None = None) -> list[RecordedEvent]:
+        seal, new_key = await self._sealing(state.subject_id, new_events)
         if not self._database.is_sqlite and not any(isinstance(e, SubjectErased) for e in new_events):
-            return await self._save_subject_in_one_statement(state, expected_version, new_events, actor)
-        recorded = await self._append(subject_stream(state.subject_id), expected_version, new_events, actor)
+            return await self._save_subject_in_one_statement(state, expected_version, new_events, actor,
+                                                             pseudonyms, seal, new_key)
+        recorded = await self._append(subject_stream(state.subject_id), expected_version, new_events, actor,
+                                      pseudonyms, seal)
+        if new_key is not None:
+            try:
+                await self.conn.execute(sa.insert(subject_keys_table).values(**new_key))
+            except IntegrityError:  # made by a writer that appended too: reload and retry
+                raise VersionConflict(subject_stream(state.subject_id), expected_version) from None
         state.position = recorded[-1].position
+        if pseudonyms:
+            await self.conn.execute(self._database.upsert(pseudonyms_table).on_conflict_do_nothing(), [
+                {"partner_id": p, "pseudonym": n, "subject_id": state.subject_id} for p, n in pseudonyms.items()])
         upsert = self._database.upsert(subjects).values(**subject_row(state))
         await self.conn.execute(upsert.on_conflict_do_update(
             index_elements=[subjects.c.subject_id],
             set_={"version": upsert.excluded.version, "position": upsert.excluded.position,
                   "global_opt_out": upsert.excluded.global_opt_out}))
         await self._project_consents(state, new_events)
+        if any(isinstance(e, SubjectErased) for e in new_events):
+            await self._forget(state.subject_id)
         return recorded
 
+    async def _sealing(self, subject_id: str, new_events: list[Event]) -> tuple[Sealer | None, dict | None]:
+        """How these events' personal fields are sealed, and the subject's new key row if it has none yet."""
+        if not has_personal_data(new_events):
+            return None, None
+        stored = (self._key_rows[subject_id] if subject_id in self._key_rows
+                  else (await stored_keys(self.conn, [subject_id])).get(subject_id))
+        key, new_key = self._keys.for_write(subject_id, stored)
+        if new_key is not None:  # what a later save in this unit of work must find (written with this one)
+            self._key_rows[subject_id] = KeyRow(new_key["key_id"], new_key["wrapped_key"], new_key["master_key_id"])
+        return sealer(key), new_key
+
+    async def _forget(self, subject_id: str) -> None:
+        """Erasure: the data key goes (what it sealed is unreadable from now on), and the pseudonym mappings."""
+        await forget_subject(self.conn, subject_id)
+        await self.conn.execute(sa.delete(pseudonyms_table).where(pseudonyms_table.c.subject_id == subject_id))
+        self._keys.forget(subject_id)
+        self._key_rows[subject_id] = None
+
     async def _save_subject_in_one_statement(self, state: SubjectConsents, expected_version: int,
-                                             new_events: list[Event], actor: str) -> list[RecordedEvent]:
-        """PostgreSQL: the append and both projections as one statement (data-modifying CTEs)."""
+                                             new_events: list[Event], actor: str,
+                                             pseudonyms: dict[str, str] | None = None, seal: Sealer | None = None,
+                                             new_key: dict[str, Any] | None = None) -> list[RecordedEvent]:
+        """PostgreSQL: the append, both projections, any pseudonym mapping and any new data key as one
+        statement (CTEs)."""
         now = datetime.now(UTC)
         stream_id = subject_stream(state.subject_id)
+        rows = event_rows(await self._previous_hash(stream_id, expected_version), stream_id, expected_version,
+                          new_events, actor, now, pseudonyms, seal)
         touched = sorted({(e.purpose, e.partner) for e in new_events if isinstance(e, SubjectChange)},
                          key=lambda k: (k[0], k[1] or ""))
         records = [state.records[key] for key in touched if key in state.records]
         params: dict[str, Any] = {"stream_id": stream_id, "subject_id": state.subject_id, "now": now,
                                   "version": state.version, "opt_out": state.global_opt_out,
-                                  "metadata": _json({"actor": actor})}
-        event_ids = []
-        for n, event in enumerate(new_events):
-            event_ids.append(uuid.uuid4())
-            params.update({f"id{n}": event_ids[-1], f"v{n}": expected_version + n + 1,
-                           f"t{n}": event_type(event), f"d{n}": _json(event_data(event))})
+                                  "metadata": _json(rows[0]["metadata"])}
+        for n, (partner_id, pseudonym) in enumerate((pseudonyms or {}).items()):
+            params.update({f"wp{n}": partner_id, f"wn{n}": pseudonym})
+        if new_key is not None:
+            params.update({k: new_key[k] for k in ("key_id", "wrapped_key", "master_key_id")})
+        for n, row in enumerate(rows):
+            params.update({f"id{n}": row["event_id"], f"v{n}": row["stream_version"], f"t{n}": row["type"],
+                           f"d{n}": _json(row["data"]), f"h{n}": row["hash"]})
         for n, r in enumerate(records):
             row = consent_row(state.subject_id, r)
             params.update({f"p{n}": row["purpose_id"], f"q{n}": row["partner_id"], f"s{n}": _json(row["scopes"]),
                            f"st{n}": row["status"], f"e{n}": row["expires_at"], f"pv{n}": row["purpose_version"],
                            f"u{n}": row["updated_at"]})
         try:
-            positions = list((await self.conn.execute(_one_statement_save(len(new_events), len(records)),
-                                                      params)).scalars())
+            positions = list((await self.conn.execute(
+                _one_statement_save(len(new_events), len(records), len(pseudonyms or {}), new_key is not None),
+                params)).scalars())
         except IntegrityError as error:
             if "stream_version" in str(error.orig):
                 raise VersionConflict(stream_id, expected_version) from None
             raise
         state.position = positions[-1]
-        return [RecordedEvent(event_id=event_id, stream_id=stream_id, stream_version=expected_version + n + 1,
-                              position=position, event=event, recorded_at=now)
-                for n, (event_id, position, event) in enumerate(zip(event_ids, positions, new_events, strict=True))]
+        self._stream_heads[stream_id] = (rows[-1]["stream_version"], rows[-1]["hash"])
+        return [RecordedEvent(event_id=row["event_id"], stream_id=stream_id, stream_version=row["stream_version"],
+                              position=position, event=event, recorded_at=now,
+                              pseudonym=published_pseudonym(event, row["metadata"]))
+                for row, position, event in zip(rows, positions, new_events, strict=True)]
 
     async def _project_consents(self, state: SubjectConsents, new_events: list[Event]) -> None:
         if any(isinstance(e, SubjectErased) for e in new_events):

@@ -61,9 +61,25 @@ events = sa.Table(
     # The writing transaction, so that the relay can read in commit-safe order (see nats_relay).
     # On PostgreSQL the column defaults to pg_current_xact_id() (set by the migration).
     sa.Column("transaction_id", TransactionId().with_variant(sa.BigInteger(), "sqlite"), nullable=True),
+    # sha256 chained to the previous event of the stream (consent.domain.hash_chain).
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
     sa.UniqueConstraint("stream_id", "stream_version", name="uq_events_stream_version"),
     sa.Index("ix_events_transaction_id", "transaction_id", "position"),
+    # GET /v1/audit: what an administrator or a partner did (not the subjects' own choices, not the service's).
+    sa.Index("ix_events_audit", "position", postgresql_where=sa.text(
+        "(metadata ->> 'actor') NOT IN ('subject', 'system')"), sqlite_where=sa.text(
+        "json_extract(metadata, '$.actor') NOT IN ('subject', 'system')")),
     sqlite_autoincrement=True,  # positions are never reused
+)
+
+# Checkpoints over the global sequence: each chains to the previous one over (position, event hash)
+# of every event up to `up_to_position`, so a deleted, inserted or truncated row is detected.
+event_checkpoints = sa.Table(
+    "event_checkpoints", metadata,
+    sa.Column("up_to_position", Position, primary_key=True, autoincrement=False),
+    sa.Column("event_count", sa.Integer(), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 # Read models, updated in the same transaction as the append.
@@ -124,6 +140,31 @@ partners = sa.Table(
     sa.Column("data_uses", Json, nullable=False),
     sa.Column("contract_ends_at", UTCDateTime(), nullable=True),
     sa.Column("stream_version", sa.Integer(), nullable=False),
+    # `public` or `pairwise` (the partner knows subjects by pseudonyms only).
+    sa.Column("identifiers", sa.String(16), nullable=False, server_default="public"),
+    sa.Column("rate_limit", sa.Integer(), nullable=True),
+)
+
+# Which subject each issued pairwise pseudonym stands for: HMAC cannot be inverted. Written when a
+# pseudonym is issued or a subject event concerning the partner is appended; never changes.
+# Not a projection of the log alone (issuing is not an event), so a rebuild leaves it alone.
+pseudonyms = sa.Table(
+    "pseudonyms", metadata,
+    sa.Column("partner_id", sa.String(64), primary_key=True),
+    sa.Column("pseudonym", sa.String(128), primary_key=True),
+    sa.Column("subject_id", sa.String(128), nullable=False, index=True),
+)
+
+# Each subject's data key, which seals the personal fields of its events (consent/adapters/subject_keys.py),
+# wrapped by the master key named by `master_key_id`. Erasing the subject deletes the row: what the key
+# sealed is unreadable from then on, while the events themselves never change.
+subject_keys = sa.Table(
+    "subject_keys", metadata,
+    sa.Column("subject_id", sa.String(128), primary_key=True),
+    sa.Column("key_id", sa.String(32), nullable=False),  # named in every value the key sealed
+    sa.Column("wrapped_key", sa.LargeBinary(64), nullable=False),
+    sa.Column("master_key_id", sa.String(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 # First answers to requests that carried an Idempotency-Key.
@@ -143,6 +184,18 @@ partner_credentials = sa.Table(
     sa.Column("secret_hash", sa.Text(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    # OAuth scopes its tokens may carry (API: PARTNER_SCOPES); NULL = all of them.
+    sa.Column("scopes", Json, nullable=True),
+    # Set when a rotation leaves the credential an overlap: not valid from then on.
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+)
+
+# Access tokens a partner revoked before their expiry (RFC 7009); kept until they expire.
+revoked_tokens = sa.Table(
+    "revoked_tokens", metadata,
+    sa.Column("token_id", sa.String(64), primary_key=True),
+    sa.Column("partner_id", sa.String(64), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )
 
 # How far the relay has published the log to NATS.

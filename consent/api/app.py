@@ -12,32 +12,45 @@ from litestar import Litestar
 from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
 from litestar.params import HeaderParameter
 
 from consent.adapters import migrate
 from consent.adapters.database import Database
+from consent.adapters.log_checkpoints import Checkpointer
+from consent.adapters.master_key import master_keys
 from consent.adapters.memory_bus import InProcessBus
 from consent.adapters.nats_feed import NatsFeed
 from consent.adapters.nats_relay import Relay
+from consent.adapters.receipt_keys import load_or_generate
 from consent.adapters.sql_credentials import SqlCredentialStore
+from consent.adapters.sql_pseudonyms import SqlPseudonyms
 from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_catalog
+from consent.adapters.subject_keys import SubjectKeys, forget_erased
 from consent.api import health
+from consent.api.audit import audit
 from consent.api.auth import Authenticator, Principal
 from consent.api.catalog import PartnerController, PurposeController, ScopeController
+from consent.api.cors import cors_config
 from consent.api.decisions import DecisionController, PermissionController
 from consent.api.errors import problem_details_plugin
 from consent.api.fast_decisions import fast_decisions
+from consent.api.idp_tokens import identity_provider
 from consent.api.metrics import metrics, metrics_registry
-from consent.api.partner_access import CredentialController, token
+from consent.api.partner_access import CredentialController, revoke_token, token
+from consent.api.pseudonyms import subject_pseudonym
+from consent.api.receipts import ReceiptController, jwks
 from consent.api.subjects import SubjectController
 from consent.app.decisions import DecisionService
-from consent.app.partner_access import PartnerAccess
+from consent.app.partner_access import PARTNER_SCOPE_DESCRIPTIONS, PartnerAccess
 from consent.app.ports import Clock, SystemClock
+from consent.app.pseudonyms import PseudonymService
 from consent.app.rate_limit import RateLimiter
 from consent.app.read_model import SubjectCache
+from consent.app.receipts import ReceiptIssuer, ReceiptSettings
 from consent.app.scheduler import Scheduler
 from consent.app.services import ConsentService
+from consent.app.subject_records import SubjectRecords
 from consent.config import Settings
 
 log = logging.getLogger("consent")
@@ -52,6 +65,7 @@ class Container:
     decisions: DecisionService
     subjects: SubjectCache
     partner_access: PartnerAccess
+    pseudonyms: PseudonymService
     authenticator: Authenticator
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
@@ -78,7 +92,9 @@ class Container:
 
             async def feed_events(events) -> None:
                 await loaded.wait()
-                self.subjects.apply(events)
+                forget_erased(self.subject_keys, events)
+                await self.subjects.apply_from_feed(events)
+                await self.partner_access.on_events(events)
 
             async def resync() -> None:
                 await loaded.wait()
@@ -90,9 +106,22 @@ class Container:
             await self.feed.start()
         async with self.database.reading() as conn:
             catalog, versions = await load_catalog(conn)
-        self.service = ConsentService(functools.partial(SqlUnitOfWork, self.database), self.bus, self.clock, catalog,
-                                      versions)
-        self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size)
+        pseudonym_key = settings.pseudonym_key.encode() if settings.pseudonym_key is not None else None
+        # Seals personal fields in the log and opens them for readers (consent/adapters/subject_keys.py).
+        self.subject_keys = SubjectKeys(master_keys(settings))
+        unit_of_work = functools.partial(SqlUnitOfWork, self.database, keys=self.subject_keys)
+        self.service = ConsentService(unit_of_work, self.bus, self.clock, catalog,
+                                      versions, pseudonym_key=pseudonym_key)
+        self.receipt_keys = load_or_generate(settings.receipt_keys)
+        self.service.receipts = receipts = ReceiptIssuer(self.receipt_keys, ReceiptSettings(
+            issuer=settings.receipt_issuer or settings.event_source, controller_name=settings.controller_name,
+            controller_contact=settings.controller_contact, jurisdiction=settings.receipt_jurisdiction))
+        self.records = SubjectRecords(unit_of_work, lambda: self.service.catalog,
+                                      self.clock, receipts)
+        self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size,
+                                                pseudonyms=SqlPseudonyms(self.database))
+        self.pseudonyms = PseudonymService(pseudonym_key, SqlPseudonyms(self.database),
+                                           lambda: self.service.catalog, subjects)
         await subjects.start()
         self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock,
                                          sandbox_prefix=settings.sandbox_subject_prefix)
@@ -101,9 +130,12 @@ class Container:
             signing_key = secrets.token_urlsafe(32)
             log.warning("CONSENT_TOKEN_SIGNING_KEY is not set: partner tokens are valid in this process only")
         self.partner_access = PartnerAccess(SqlCredentialStore(self.database), lambda: self.service.catalog,
-                                            self.clock, signing_key, settings.token_ttl)
+                                            self.clock, signing_key, settings.token_ttl, self.bus,
+                                            settings.credential_overlap)
+        await self.partner_access.start()
         self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret, self.partner_access,
-                                           RateLimiter(settings.partner_rate_limit))
+                                           RateLimiter(settings.partner_rate_limit),
+                                           identity_provider=await identity_provider(settings))
 
         async def feed_read_model(events) -> None:
             subjects.apply(events)
@@ -115,6 +147,9 @@ class Container:
         self.bus.subscribe(self.scheduler.on_events)
         if settings.scheduler_interval > 0:
             await self.scheduler.start()
+        self.checkpointer = Checkpointer(self.database, settings.checkpoint_interval)
+        if settings.checkpoint_interval > 0:
+            await self.checkpointer.start()
         if settings.nats_url is not None:
             self.relay = Relay(self.database, settings.nats_url, settings.event_source, settings.nats_stream,
                                settings.nats_subject_prefix)
@@ -126,11 +161,10 @@ class Container:
             await self.relay.start()
 
     async def stop(self) -> None:
-        await self.scheduler.stop()
-        if self.feed is not None:
-            await self.feed.stop()
-        if self.relay is not None:
-            await self.relay.stop()
+        # Also after a start that failed half-way: stop what was started, then let the failure show.
+        for part in (getattr(self, "scheduler", None), getattr(self, "checkpointer", None), self.feed, self.relay):
+            if part is not None:
+                await part.stop()
         await self.database.dispose()
 
     def metrics(self) -> dict:
@@ -178,18 +212,22 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     registry = metrics_registry(container.metrics)
     app = Litestar(
         route_handlers=[health.live, health.ready, metrics, PurposeController, ScopeController, PartnerController,
-                        SubjectController, CredentialController, token, DecisionController,
-                        PermissionController],
+                        SubjectController, CredentialController, token, revoke_token, audit, DecisionController,
+                        PermissionController, subject_pseudonym, jwks, ReceiptController],
         dependencies={
             "principal": Provide(principal),
             "service": Provide(lambda: container.service, sync_to_thread=False),
             "decisions": Provide(lambda: container.decisions, sync_to_thread=False),
+            "pseudonyms": Provide(lambda: container.pseudonyms, sync_to_thread=False),
+            "receipt_keys": Provide(lambda: container.receipt_keys, sync_to_thread=False),
+            "records": Provide(lambda: container.records, sync_to_thread=False),
             "partner_access": Provide(lambda: container.partner_access, sync_to_thread=False),
             "readiness": Provide(lambda: container.readiness, sync_to_thread=False),
             "metrics_registry": Provide(lambda: registry, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
-        middleware=[fast_decisions(lambda: container.authenticator, lambda: container.decisions)]
+        middleware=[fast_decisions(lambda: container.authenticator, lambda: container.decisions,
+                                   container.settings.max_body_bytes)]
         if container.settings.fast_decisions else [],
         on_startup=[container.start],
         on_shutdown=[container.stop],
@@ -197,10 +235,18 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             title="Consent service", version=API_VERSION, path="/schema",
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer",
-                                         description="Admin key, partner access token or end-user JWT")}),
+                                         description="Admin key, partner access token, or end-user JWT: HS256 "
+                                         "signed with CONSENT_USER_TOKEN_SECRET, or RS256/ES256 from the identity "
+                                         "provider's JWKS (CONSENT_USER_JWKS_URL; iss and aud checked)"),
+                # The same partner tokens, described with the OAuth scopes each route needs.
+                "partner": SecurityScheme(type="oauth2", description="Partner access tokens (client credentials)",
+                                          flows=OAuthFlows(client_credentials=OAuthFlow(
+                                              token_url="/v1/oauth/token", scopes=PARTNER_SCOPE_DESCRIPTIONS))),
+            }),
             security=[{"bearer": []}],
         ),
-        request_max_body_size=1_048_576,
+        request_max_body_size=container.settings.max_body_bytes,  # 413 payload_too_large beyond
+        cors_config=cors_config(container.settings.cors_origins),
         # Answers carry personal data or credentials: no cache may keep them.
         cache_control=CacheControlHeader(no_store=True),
     )

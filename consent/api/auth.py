@@ -1,4 +1,5 @@
-"""Who is calling: an admin key, an end user's HS256 token, or a partner access token.
+"""Who is calling: an admin key, an end user's token (HS256, or RS256/ES256 from an identity provider), or a
+partner access token.
 
 Verified tokens are cached until they expire, keyed by the token, so the hot paths
 pay for a signature check once per token rather than once per request.
@@ -15,6 +16,7 @@ import jwt
 from msgspec import Struct
 
 from consent.api.errors import forbidden, problem, unauthorized
+from consent.api.idp_tokens import IdentityProviderTokens
 from consent.app.partner_access import TOKEN_KID, PartnerAccess, TokenClaims
 from consent.app.rate_limit import RateLimiter
 
@@ -38,9 +40,11 @@ def key_id(secret: str) -> str:
 
 class Authenticator:
     def __init__(self, admin_keys: tuple[str, ...], user_token_secret: str | None,
-                 partners: PartnerAccess, rate_limiter: RateLimiter | None = None) -> None:
+                 partners: PartnerAccess, rate_limiter: RateLimiter | None = None,
+                 identity_provider: IdentityProviderTokens | None = None) -> None:
         self._admin_keys = {hashlib.sha256(k.encode()).digest(): k for k in admin_keys}
         self._user_secret = user_token_secret
+        self._identity_provider = identity_provider
         self._partners = partners
         self._rate_limiter = rate_limiter or RateLimiter(0)
         self._verified: dict[str, tuple[Principal, float]] = {}
@@ -51,7 +55,7 @@ class Authenticator:
         token = authorization[7:].strip()
         cached = self._verified.get(token)
         if cached is None or cached[1] <= time.time():
-            cached = self._verify(token)
+            cached = await self._verify(token)
             if len(self._verified) >= CACHE_LIMIT:
                 self._verified.clear()
             self._verified[token] = cached
@@ -59,7 +63,7 @@ class Authenticator:
         if principal.token is not None:
             if not await self._partners.still_allowed(principal.token):
                 raise unauthorized("the credential was revoked or the partner is not active")
-            verdict = self._rate_limiter.check(principal.id)
+            verdict = self._rate_limiter.check(principal.id, self._partners.rate_limit(principal.id))
             if not verdict.allowed:
                 raise problem(429, "rate_limited", f"more than {verdict.limit} requests a second",
                               headers={"Retry-After": str(verdict.retry_after),
@@ -67,14 +71,15 @@ class Authenticator:
                                        "RateLimit-Reset": str(verdict.retry_after)})
         return principal
 
-    def _verify(self, token: str) -> tuple[Principal, float]:
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         admin_key = self._admin_keys.get(hashlib.sha256(token.encode()).digest())
         if admin_key is not None and hmac.compare_digest(admin_key.encode(), token.encode()):
             return Principal("admin", key_id(admin_key)), time.time() + 60
         if token.count(".") != 2:
             raise unauthorized()
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid")
         except jwt.PyJWTError:
             raise unauthorized("malformed token") from None
         if kid == TOKEN_KID:
@@ -82,16 +87,21 @@ class Authenticator:
             if claims is None:
                 raise unauthorized("invalid or expired token")
             return Principal("partner", claims.partner_id, claims), claims.expires
-        if self._user_secret is None:
+        if self._identity_provider is not None and header.get("alg") != "HS256":
+            claims, valid_until = await self._identity_provider.verify(token, header)
+        elif self._user_secret is None:
             raise unauthorized("end-user tokens are not accepted: CONSENT_USER_TOKEN_SECRET is not set")
-        try:
-            claims = jwt.decode(token, self._user_secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
-        except jwt.PyJWTError:
-            raise unauthorized("invalid or expired token") from None
+        else:
+            try:
+                claims = jwt.decode(token, self._user_secret, algorithms=["HS256"],
+                                    options={"require": ["exp", "sub"]})
+            except jwt.PyJWTError:
+                raise unauthorized("invalid or expired token") from None
+            valid_until = float(claims["exp"])
         subject = claims["sub"]
         if not isinstance(subject, str) or not 1 <= len(subject) <= 128:
             raise unauthorized("token subject is not a subject id")
-        return Principal("user", subject), float(claims["exp"])
+        return Principal("user", subject), valid_until
 
 
 def require_admin(principal: Principal) -> None:
@@ -104,3 +114,10 @@ def require_subject_access(principal: Principal, subject_id: str) -> None:
     if principal.kind == "admin" or (principal.kind == "user" and principal.id == subject_id):
         return
     raise forbidden("this caller may not act on this subject")
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    """A partner token must carry the route's OAuth scope (RFC 6750 §3.1); other callers have no scopes."""
+    if principal.token is not None and scope not in principal.token.scopes:
+        raise problem(403, "insufficient_scope", f"this token does not carry the {scope!r} scope",
+                      headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})

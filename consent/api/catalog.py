@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, Response, get, post, put
 from litestar.params import FromPath, JSONBody
 
-from consent.api.auth import Principal, require_admin
+from consent.api.auth import Principal, require_admin, require_scope
 from consent.api.deps import Caller, Service
 from consent.api.errors import ERRORS, created
 from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
@@ -19,6 +19,9 @@ from consent.domain.ids import check_scope, check_slug
 # check_scope allows: a longer id would fail in PostgreSQL (503) instead of being refused.
 MAX_SCOPE_ID = 200 - len("scope:")
 
+
+# Partners need the catalog:read scope; other callers authenticate as usual.
+CATALOG_READ = [{"bearer": []}, {"partner": ["catalog:read"]}]
 
 def _written(written: Written, view) -> Response:
     return Response(view(written.entity), status_code=201 if written.created else 200)
@@ -39,14 +42,18 @@ class PurposeController(Controller):
         written = await service.put_purpose(purpose_id, spec, data.material_change, principal.actor)
         return _written(written, purpose_view)
 
-    @get("/", summary="List purposes (any authenticated caller)", responses=ERRORS)
+    @get("/", summary="List purposes (any authenticated caller)", responses=ERRORS,
+         security=CATALOG_READ)
     async def list_purposes(self,
                 principal: Caller, service: Service) -> list[PurposeView]:
+        require_scope(principal, "catalog:read")
         return [purpose_view(p) for _, p in sorted(service.catalog.purposes.items())]
 
-    @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)", responses=ERRORS)
+    @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)", responses=ERRORS,
+         security=CATALOG_READ)
     async def get_purpose(self, purpose_id: FromPath[str],
                 principal: Caller, service: Service) -> PurposeView:
+        require_scope(principal, "catalog:read")
         return purpose_view(service.catalog.purpose(purpose_id))
 
     @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200,
@@ -72,14 +79,18 @@ class ScopeController(Controller):
         spec = cat.ScopeSpec(title=data.title, description=data.description, sensitivity=data.sensitivity)
         return _written(await service.put_scope(scope_id, spec, principal.actor), scope_view)
 
-    @get("/", summary="List scopes (any authenticated caller)", responses=ERRORS)
+    @get("/", summary="List scopes (any authenticated caller)", responses=ERRORS,
+         security=CATALOG_READ)
     async def list_scopes(self,
                 principal: Caller, service: Service) -> list[ScopeView]:
+        require_scope(principal, "catalog:read")
         return [scope_view(s) for _, s in sorted(service.catalog.scopes.items())]
 
-    @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)", responses=ERRORS)
+    @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)", responses=ERRORS,
+         security=CATALOG_READ)
     async def get_scope(self, scope_id: FromPath[str],
                 principal: Caller, service: Service) -> ScopeView:
+        require_scope(principal, "catalog:read")
         scope = service.catalog.scopes.get(scope_id)
         if scope is None:
             raise NotFound("scope", scope_id)
@@ -98,7 +109,8 @@ class PartnerController(Controller):
         check_slug(partner_id, "partner")
         spec = cat.PartnerSpec(name=data.name, status=data.status,
                                data_uses={k: tuple(v) for k, v in data.data_uses.items()},
-                               contract_ends_at=data.contract_ends_at)
+                               contract_ends_at=data.contract_ends_at, identifiers=data.identifiers,
+                               rate_limit=data.rate_limit)
         return _written(await service.put_partner(partner_id, spec, principal.actor), partner_view)
 
     @get("/", summary="List partners (admin)", responses=ERRORS)
@@ -107,11 +119,13 @@ class PartnerController(Controller):
         require_admin(principal)
         return [partner_view(p) for _, p in sorted(service.catalog.partners.items())]
 
-    @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)", responses=ERRORS)
+    @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)", responses=ERRORS,
+         security=CATALOG_READ)
     async def get_partner(self, partner_id: FromPath[str],
                 principal: Caller, service: Service) -> PartnerView:
         if not (principal.kind == "partner" and principal.id == partner_id):
             require_admin(principal)
+        require_scope(principal, "catalog:read")
         return partner_view(service.catalog.partner(partner_id))
 
     @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200,

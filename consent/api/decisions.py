@@ -12,7 +12,7 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, JSONBody, Parameter
 from msgspec import Meta, Struct
 
-from consent.api.auth import Principal
+from consent.api.auth import Principal, require_scope
 from consent.api.deps import Caller, Decisions
 from consent.api.errors import ERRORS, forbidden
 from consent.app.decisions import DecisionAnswer, DecisionService, Permissions, Question
@@ -51,9 +51,10 @@ class BatchAnswer(Struct):
 
 
 def asking_partner(principal: Principal, named: str | None, decisions: DecisionService,
-                   subject_ids: list[str]) -> str | None:
+                   subject_ids: list[str], scope: str = "decisions:read") -> str | None:
     """The partner a question is about: a partner's own id; for an admin, the one it names."""
     if principal.kind == "partner":
+        require_scope(principal, scope)
         if named is not None and named != principal.id:
             raise forbidden("a partner asks only about itself; only an admin may name `partner`")
         decisions.check_sandbox(principal.id, subject_ids)
@@ -63,27 +64,36 @@ def asking_partner(principal: Principal, named: str | None, decisions: DecisionS
     raise forbidden("decisions are for partners and administrators")
 
 
+def by_pseudonym(principal: Principal, decisions: DecisionService) -> bool:
+    """A pairwise partner names subjects by its pseudonyms; an admin naming that partner, by real ids."""
+    return principal.kind == "partner" and decisions.is_pairwise(principal.id)
+
+
 class DecisionController(Controller):
     path = "/v1/decisions"
     tags = ["decisions"]
 
-    @post("/", status_code=200, responses=ERRORS,
+    @post("/", status_code=200, responses=ERRORS, security=[{"bearer": []}, {"partner": ["decisions:read"]}],
           summary="May this partner use these scopes of this subject for this purpose, and until when?")
     async def decide(self, data: JSONBody[DecisionRequest], principal: Caller,
                      decisions: Decisions) -> DecisionAnswer:
         partner = asking_partner(principal, data.partner, decisions, [data.subject_id])
-        question = Question(subject_id=data.subject_id, purpose=data.purpose, scopes=data.scopes, partner=partner)
+        question = Question(subject_id=data.subject_id, purpose=data.purpose, scopes=data.scopes, partner=partner,
+                            pseudonymous=by_pseudonym(principal, decisions))
         return await decisions.decide(question, data.min_position)
 
-    @post("/batch", status_code=200, responses=ERRORS, summary=f"Up to {BATCH_LIMIT} decisions in one request")
+    @post("/batch", status_code=200, responses=ERRORS, security=[{"bearer": []}, {"partner": ["decisions:read"]}],
+          summary=f"Up to {BATCH_LIMIT} decisions in one request")
     async def decide_batch(self, data: JSONBody[BatchRequest], principal: Caller,
                            decisions: Decisions) -> BatchAnswer:
         subject_ids = [item.subject_id for item in data.items]
         default = asking_partner(principal, data.partner, decisions, subject_ids)
+        pseudonymous = by_pseudonym(principal, decisions)
         questions = [
             Question(subject_id=item.subject_id, purpose=item.purpose, scopes=item.scopes,
                      partner=default if item.partner is None
-                     else asking_partner(principal, item.partner, decisions, [item.subject_id]))
+                     else asking_partner(principal, item.partner, decisions, [item.subject_id]),
+                     pseudonymous=pseudonymous)
             for item in data.items
         ]
         results = await decisions.decide_many(questions, data.min_position)
@@ -94,13 +104,15 @@ class PermissionController(Controller):
     path = "/v1/subjects/{subject_id:str}/permissions"
     tags = ["decisions"]
 
-    @get("/", responses=ERRORS, summary="What this partner may do with this subject's data, by purpose")
+    @get("/", responses=ERRORS, security=[{"bearer": []}, {"partner": ["permissions:read"]}],
+         summary="What this partner may do with this subject's data, by purpose")
     async def permissions(self, subject_id: FromPath[str], principal: Caller,
                           decisions: Decisions,
                           partner: Annotated[str | None, Parameter(max_length=64, required=False)] = None,
                           min_position: Annotated[int | None, Parameter(ge=0, required=False)] = None,
                           ) -> Permissions:
-        partner_id = asking_partner(principal, partner, decisions, [subject_id])
+        partner_id = asking_partner(principal, partner, decisions, [subject_id], "permissions:read")
         if partner_id is None:
             raise forbidden("an admin names the partner: ?partner=<id>")
-        return await decisions.permissions(partner_id, subject_id, min_position)
+        return await decisions.permissions(partner_id, subject_id, min_position,
+                                           pseudonymous=by_pseudonym(principal, decisions))

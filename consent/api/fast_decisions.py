@@ -18,14 +18,13 @@ import msgspec
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from consent.api.auth import Authenticator
-from consent.api.decisions import DecisionRequest, asking_partner
+from consent.api.decisions import DecisionRequest, asking_partner, by_pseudonym
 from consent.api.errors import log_unexpected, problem
 from consent.app.decisions import DecisionService, Question
 from consent.domain.errors import DomainError
 
 log = logging.getLogger("consent.api")
 
-MAX_BODY = 64 * 1024
 _decode_request = msgspec.json.Decoder(DecisionRequest).decode
 _encode = msgspec.json.Encoder().encode
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
@@ -35,7 +34,8 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 
 
 def fast_decisions(authenticator: Callable[[], Authenticator],
-                   decisions: Callable[[], DecisionService]) -> Callable[[ASGIApp], ASGIApp]:
+                   decisions: Callable[[], DecisionService], max_body: int) -> Callable[[ASGIApp], ASGIApp]:
+    """`max_body`: the same limit as the app's request_max_body_size (CONSENT_MAX_BODY_BYTES)."""
     def middleware(app: ASGIApp) -> ASGIApp:
         async def handle(scope: dict, receive, send) -> None:
             if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/decisions":
@@ -43,7 +43,7 @@ def fast_decisions(authenticator: Callable[[], Authenticator],
                 return
             try:
                 status, headers, body = 200, _JSON_HEADERS, await _decide(scope, receive, authenticator(),
-                                                                         decisions())
+                                                                         decisions(), max_body)
             except ProblemDetailsException as error:
                 status, headers, body = _problem_response(error)
             except DomainError as error:
@@ -61,32 +61,34 @@ def fast_decisions(authenticator: Callable[[], Authenticator],
     return middleware
 
 
-async def _decide(scope: dict, receive, authenticator: Authenticator, decisions: DecisionService) -> bytes:
+async def _decide(scope: dict, receive, authenticator: Authenticator, decisions: DecisionService,
+                  max_body: int) -> bytes:
     authorization = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value.decode("latin-1")
             break
     principal = await authenticator.authenticate(authorization)
-    body = await _read_body(receive)
+    body = await _read_body(receive, max_body)
     try:
         request = _decode_request(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise problem(400, "validation_failed", str(error)) from None
     question = Question(subject_id=request.subject_id, purpose=request.purpose, scopes=request.scopes,
-                        partner=asking_partner(principal, request.partner, decisions, [request.subject_id]))
+                        partner=asking_partner(principal, request.partner, decisions, [request.subject_id]),
+                        pseudonymous=by_pseudonym(principal, decisions))
     return _encode(await decisions.decide(question, request.min_position))
 
 
-async def _read_body(receive) -> bytes:
+async def _read_body(receive, max_body: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
-            raise problem(413, "payload_too_large", f"a decision request is at most {MAX_BODY} bytes")
+        if size > max_body:
+            raise problem(413, "payload_too_large", f"a request body is at most {max_body} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -36,6 +37,11 @@ class PartnerIn(Struct, forbid_unknown_fields=True):
     status: Literal["sandbox", "active"] = "sandbox"
     data_uses: Annotated[dict[Id, Annotated[list[Id], Meta(max_length=200)]], Meta(max_length=200)] = {}
     contract_ends_at: datetime | None = None
+    # `pairwise`: the partner knows subjects only by pseudonyms of its own. Left out: unchanged.
+    identifiers: Literal["public", "pairwise"] | None = None
+    # Requests a second for this partner (token bucket, burst of the same size); null: the service's
+    # default (CONSENT_PARTNER_RATE_LIMIT); 0: no limit.
+    rate_limit: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
 
     def __post_init__(self) -> None:
         self.contract_ends_at = _utc(self.contract_ends_at, "contract_ends_at")
@@ -53,8 +59,20 @@ class ChangeIn(Struct, forbid_unknown_fields=True):
 
 
 class EvidenceIn(Struct, forbid_unknown_fields=True):
+    """Personal data: stored encrypted with the subject's key, never published, erased with the subject."""
+
     collection_point: Annotated[str, Meta(max_length=200, pattern=NO_NUL)] | None = None
     text_shown: Text | None = None
+    user_note: Annotated[str, Meta(max_length=2000, pattern=NO_NUL)] | None = None
+    ip_address: Annotated[str, Meta(max_length=45)] | None = None  # IPv4 or IPv6, as the platform saw it
+    user_agent: Annotated[str, Meta(max_length=512, pattern=NO_NUL)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ip_address is not None:
+            try:
+                self.ip_address = str(ipaddress.ip_address(self.ip_address))
+            except ValueError:
+                raise ValueError("ip_address is not an IPv4 or IPv6 address") from None
 
 
 class ConsentRequest(Struct, forbid_unknown_fields=True):

@@ -14,7 +14,7 @@ from consent.api.auth import require_subject_access
 from consent.api.deps import Caller, Service
 from consent.api.errors import ERRORS, problem
 from consent.api.schemas import ConsentRequest
-from consent.app.views import HistoryView, SubjectConsentsView
+from consent.app.views import ConsentChangeView, HistoryView, SubjectConsentsView, SubjectErasureView
 from consent.domain.events import Evidence
 from consent.domain.ids import check_subject
 from consent.domain.subject import Change
@@ -49,7 +49,7 @@ class SubjectController(Controller):
           summary="Change consents, all or nothing (the subject, or admin)")
     async def change_consents(self, subject_id: FromPath[str], data: JSONBody[ConsentRequest], principal: Caller,
                               service: Service, idempotency_key: IdempotencyKey = None,
-                              if_match: IfMatch = None, sec_gpc: SecGpc = None) -> SubjectConsentsView:
+                              if_match: IfMatch = None, sec_gpc: SecGpc = None) -> ConsentChangeView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
         expected = _expected_version(if_match)
@@ -77,6 +77,13 @@ class SubjectController(Controller):
             await service.record_global_opt_out(subject_id, principal.actor)
         return await service.subject_consents(subject_id)
 
+    @post("/erase", status_code=200, responses=ERRORS,
+          summary="Erase the subject's personal data for good; decisions deny from then on (the subject, or admin)")
+    async def erase(self, subject_id: FromPath[str], principal: Caller, service: Service) -> SubjectErasureView:
+        require_subject_access(principal, subject_id)
+        check_subject(subject_id)
+        return await service.erase_subject(subject_id, principal.actor)
+
     @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)", responses=ERRORS)
     async def history(self, subject_id: FromPath[str],
                 principal: Caller, service: Service,
@@ -84,4 +91,6 @@ class SubjectController(Controller):
                       limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
+        if principal.kind == "admin":
+            await service.record_history_read(subject_id, principal.actor)
         return await service.history(subject_id, after, limit)

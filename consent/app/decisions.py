@@ -13,6 +13,7 @@ from consent.domain.catalog import Catalog
 from consent.domain.decision import Decision, Denied, decide
 from consent.domain.errors import DomainError, Forbidden
 from consent.domain.ids import check_subject
+from consent.domain.subject import SubjectConsents
 
 
 class DecisionAnswer(Struct):
@@ -41,6 +42,8 @@ class Question(Struct, frozen=True):
     purpose: str
     scopes: list[str]
     partner: str | None
+    # `subject_id` is the asking pairwise partner's pseudonym, answered for the subject it stands for.
+    pseudonymous: bool = False
 
 
 class DecisionService:
@@ -54,13 +57,36 @@ class DecisionService:
         self.counts: dict[str, int] = {"permit": 0, "deny": 0, "partial": 0}
 
     def check_sandbox(self, partner_id: str, subject_ids: list[str]) -> None:
-        """A partner in the sandbox asks only about test subjects, never about real people."""
+        """A partner in the sandbox asks only about test subjects, never about real people.
+
+        A pairwise partner names pseudonyms: checked once they are resolved (`_pseudonymous_states`)."""
         partner = self._catalog().partners.get(partner_id)
-        if partner is not None and partner.status == "sandbox":
+        if partner is not None and partner.status == "sandbox" and partner.identifiers == "public":
             for subject_id in subject_ids:
                 if not subject_id.startswith(self._sandbox_prefix):
-                    raise Forbidden("sandbox_only", f"a sandbox partner asks only about subjects whose id "
-                                                    f"starts with {self._sandbox_prefix!r}")
+                    raise self._sandbox_only()
+
+    def _sandbox_only(self) -> Forbidden:
+        return Forbidden("sandbox_only", f"a sandbox partner asks only about subjects whose id "
+                                         f"starts with {self._sandbox_prefix!r}")
+
+    def is_pairwise(self, partner_id: str) -> bool:
+        partner = self._catalog().partners.get(partner_id)
+        return partner is not None and partner.identifiers == "pairwise"
+
+    async def _pseudonymous_states(self, partner_id: str, pseudonyms: list[str],
+                                   fresh: bool) -> dict[str, SubjectConsents]:
+        """The states behind a pairwise partner's pseudonyms. One it has no mapping for (a stranger's,
+        another partner's, or a real subject id) is answered as a subject with no consent: the answer
+        must not tell the partner anything about it. A sandbox partner gets answers only for the
+        pseudonyms of test subjects, and the same refusal for anything else."""
+        found = await self._subjects.get_pseudonymous(partner_id, pseudonyms, fresh)
+        partner = self._catalog().partners.get(partner_id)
+        if partner is not None and partner.status == "sandbox" and any(
+                state is None or not state.subject_id.startswith(self._sandbox_prefix) for state in found.values()):
+            raise self._sandbox_only()
+        return {pseudonym: state if state is not None else SubjectConsents(pseudonym)
+                for pseudonym, state in found.items()}
 
     async def _database_position(self, min_position: int | None) -> int | None:
         """None when local state may answer; else the database's head, and answers read the database.
@@ -81,20 +107,36 @@ class DecisionService:
     async def decide(self, question: Question, min_position: int | None = None) -> DecisionAnswer:
         check_subject(question.subject_id)
         head = await self._database_position(min_position)
-        state = await self._subjects.get(question.subject_id, fresh=head is not None)
+        if question.pseudonymous:
+            state = (await self._pseudonymous_states(question.partner or "", [question.subject_id],
+                                                     fresh=head is not None))[question.subject_id]
+        else:
+            state = await self._subjects.get(question.subject_id, fresh=head is not None)
         return self._answer(question, state, head)
 
     async def decide_many(self, questions: list[Question], min_position: int | None = None) -> list[DecisionAnswer]:
         for question in questions:
             check_subject(question.subject_id)
         head = await self._database_position(min_position)
-        states = await self._subjects.get_many([q.subject_id for q in questions], fresh=head is not None)
-        return [self._answer(q, states[q.subject_id], head) for q in questions]
+        fresh = head is not None
+        public = [q.subject_id for q in questions if not q.pseudonymous]
+        states = await self._subjects.get_many(public, fresh=fresh) if public else {}
+        by_pseudonym: dict[tuple[str, str], SubjectConsents] = {}
+        for partner_id in dict.fromkeys(q.partner or "" for q in questions if q.pseudonymous):
+            wanted = [q.subject_id for q in questions if q.pseudonymous and q.partner == partner_id]
+            for pseudonym, state in (await self._pseudonymous_states(partner_id, wanted, fresh)).items():
+                by_pseudonym[(partner_id, pseudonym)] = state
+        return [self._answer(q, by_pseudonym[(q.partner or "", q.subject_id)] if q.pseudonymous
+                             else states[q.subject_id], head) for q in questions]
 
-    async def permissions(self, partner_id: str, subject_id: str, min_position: int | None = None) -> Permissions:
+    async def permissions(self, partner_id: str, subject_id: str, min_position: int | None = None,
+                          pseudonymous: bool = False) -> Permissions:
         check_subject(subject_id)
         head = await self._database_position(min_position)
-        state = await self._subjects.get(subject_id, fresh=head is not None)
+        if pseudonymous:
+            state = (await self._pseudonymous_states(partner_id, [subject_id], fresh=head is not None))[subject_id]
+        else:
+            state = await self._subjects.get(subject_id, fresh=head is not None)
         catalog = self._catalog()
         partner = catalog.partner(partner_id)
         now = self._clock.now()

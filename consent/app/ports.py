@@ -22,6 +22,8 @@ class RecordedEvent(Struct, frozen=True):
     position: int
     event: Event
     recorded_at: datetime
+    # Set on a subject event about a pairwise partner: what it is published with instead of the subject id.
+    pseudonym: str | None = None
 
 
 class Clock(Protocol):
@@ -49,8 +51,11 @@ class UnitOfWork(Protocol):
         ...
 
     async def save_subject(self, state: SubjectConsents, expected_version: int, events: list[Event],
-                           actor: str) -> list[RecordedEvent]:
-        """Append `events` to the subject's stream at `expected_version`; project `state` (already folded)."""
+                           actor: str, pseudonyms: dict[str, str] | None = None) -> list[RecordedEvent]:
+        """Append `events` to the subject's stream at `expected_version`; project `state` (already folded).
+
+        `pseudonyms` ({pairwise partner: pseudonym}) go into the events' metadata, for publishing, and
+        into the pseudonym mapping, in the same transaction."""
         ...
 
     async def claim_due_subjects(self, now: datetime, limit: int) -> list[str]:
@@ -70,7 +75,24 @@ class UnitOfWork(Protocol):
     async def save_catalog_entity(self, stream_id: str, expected_version: int, events: list[Event],
                                   entity: Purpose | Scope | Partner, actor: str) -> list[RecordedEvent]: ...
 
-    async def read_stream(self, stream_id: str, after: int, limit: int) -> list[RecordedEvent]: ...
+    async def read_stream(self, stream_id: str, after: int, limit: int) -> list[RecordedEvent]:
+        """Events after `after`, personal fields opened (or `[erased]` once the subject was erased)."""
+        ...
+
+    async def event_at(self, stream_id: str, position: int) -> RecordedEvent | None:
+        """The stream's event at `position`, without its personal fields."""
+        ...
+
+    async def append(self, stream_id: str, expected_version: int, events: list[Event],
+                     actor: str) -> list[RecordedEvent]:
+        """Append to a stream that has no projection of its own (access, audit)."""
+        ...
+
+    async def stream_version(self, stream_id: str) -> int: ...
+
+    async def read_audit(self, after: int, limit: int) -> list[tuple[RecordedEvent, str]]:
+        """Events whose actor is an administrator or a partner, with that actor, oldest first."""
+        ...
 
     async def idempotent_answer(self, key: str) -> tuple[str, Any] | None:
         """The (request hash, answer) first stored under `key`, if any."""

@@ -26,14 +26,16 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
 
-    def check(self, key: str) -> Verdict:
-        if self.rate <= 0:
+    def check(self, key: str, rate: int | None = None) -> Verdict:
+        """One request by `key`, at its own rate if it has one (a partner's override), else the default."""
+        rate = self.rate if rate is None else rate
+        if rate <= 0:
             return Verdict(True, 0, 0, 0)
         now = self._clock()
-        tokens, last = self._buckets.get(key, (float(self.rate), now))
-        tokens = min(float(self.rate), tokens + (now - last) * self.rate)
+        tokens, last = self._buckets.get(key, (float(rate), now))
+        tokens = min(float(rate), tokens + (now - last) * rate)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
-            return Verdict(True, self.rate, int(tokens - 1.0), 0)
+            return Verdict(True, rate, int(tokens - 1.0), 0)
         self._buckets[key] = (tokens, now)
-        return Verdict(False, self.rate, 0, max(1, math.ceil((1.0 - tokens) / self.rate)))
+        return Verdict(False, rate, 0, max(1, math.ceil((1.0 - tokens) / rate)))

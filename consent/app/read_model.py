@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
+import msgspec
+
 from consent.app.ports import RecordedEvent
 from consent.domain.subject import SubjectConsents
 
@@ -27,10 +29,21 @@ class SubjectReader(Protocol):
     async def head_position(self) -> int: ...
 
 
+class PseudonymReader(Protocol):
+    async def load_pseudonymous(self, partner_id: str, pseudonyms: list[str]) -> dict[str, SubjectConsents]:
+        """By pseudonym, the state of the subject each stands for, in one query; unknown ones left out."""
+        ...
+
+
 class SubjectCache:
-    def __init__(self, reader: SubjectReader, capacity: int = 100_000) -> None:
+    def __init__(self, reader: SubjectReader, capacity: int = 100_000,
+                 pseudonyms: PseudonymReader | None = None) -> None:
         self._reader = reader
         self._capacity = capacity
+        self._pseudonym_reader = pseudonyms
+        # (pairwise partner, pseudonym) -> subject id: a mapping never changes, so it is never dropped
+        # for staleness, only for space (least recently used out first).
+        self._subject_of: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._states: OrderedDict[str, SubjectConsents] = OrderedDict()
         # The latest stream version the feed has shown for recently written subjects, so that
         # a state read from the database while a newer event was applied is not cached.
@@ -60,6 +73,7 @@ class SubjectCache:
 
     def clear(self) -> None:
         self._states.clear()
+        self._subject_of.clear()
 
     async def get_many(self, subject_ids: Iterable[str], fresh: bool = False) -> dict[str, SubjectConsents]:
         """States of these subjects; misses (or all, when `fresh`) come from the database in one query."""
@@ -114,6 +128,82 @@ class SubjectCache:
 
     async def get(self, subject_id: str, fresh: bool = False) -> SubjectConsents:
         return (await self.get_many([subject_id], fresh))[subject_id]
+
+    def remember_pseudonym(self, partner_id: str, pseudonym: str, subject_id: str) -> None:
+        """Record a mapping known to be in the database (issued, or read from it)."""
+        self._subject_of[(partner_id, pseudonym)] = subject_id
+        self._subject_of.move_to_end((partner_id, pseudonym))
+        while len(self._subject_of) > self._capacity:
+            self._subject_of.popitem(last=False)
+
+    def subject_of(self, partner_id: str, pseudonym: str) -> str | None:
+        return self._subject_of.get((partner_id, pseudonym))
+
+    async def get_pseudonymous(self, partner_id: str, pseudonyms: Iterable[str],
+                               fresh: bool = False) -> dict[str, SubjectConsents | None]:
+        """States of the subjects behind a pairwise partner's pseudonyms; None where none is recorded.
+
+        A known mapping costs nothing more than `get_many`; unknown ones are read together with
+        their subjects' states, in one query. A miss is not remembered: the subject may yet have
+        the pseudonym issued.
+        """
+        found: dict[str, SubjectConsents | None] = {}
+        known: dict[str, str] = {}
+        unknown: list[str] = []
+        for pseudonym in dict.fromkeys(pseudonyms):
+            subject_id = self._subject_of.get((partner_id, pseudonym))
+            if subject_id is None:
+                unknown.append(pseudonym)
+            else:
+                self._subject_of.move_to_end((partner_id, pseudonym))
+                known[pseudonym] = subject_id
+        if unknown:
+            if self._pseudonym_reader is None:
+                raise RuntimeError("SubjectCache was built without a PseudonymReader")
+            loaded = await self._pseudonym_reader.load_pseudonymous(partner_id, unknown)
+            for pseudonym in unknown:
+                state = loaded.get(pseudonym)
+                if state is not None:
+                    self.remember_pseudonym(partner_id, pseudonym, state.subject_id)
+                    state = self._newest(state, fresh)
+                found[pseudonym] = state
+        if known:
+            states = await self.get_many(known.values(), fresh)
+            found.update({pseudonym: states[subject_id] for pseudonym, subject_id in known.items()})
+        return found
+
+    def _newest(self, loaded: SubjectConsents, fresh: bool) -> SubjectConsents:
+        """A state read with its mapping: cached like any other read, unless the cache holds a newer one."""
+        cached = None if fresh else self._states.get(loaded.subject_id)
+        if cached is not None and cached.version >= loaded.version:
+            return cached
+        if self._recent_versions.get(loaded.subject_id, 0) <= loaded.version:
+            self._put(loaded)
+        return loaded
+
+    async def apply_from_feed(self, events: list[RecordedEvent]) -> None:
+        """Events other processes committed. A pairwise partner's event names its pseudonym (its stream
+        id is `subject:<pseudonym>`): find the subject first, from memory or the database."""
+        if any(item.pseudonym is not None for item in events):
+            events = [await self._unmasked(item) for item in events]
+        self.apply(events)
+
+    async def _unmasked(self, item: RecordedEvent) -> RecordedEvent:
+        partner_id = getattr(item.event, "partner", None)
+        if item.pseudonym is None or partner_id is None:
+            return item
+        subject_id = self._subject_of.get((partner_id, item.pseudonym))
+        if subject_id is None and self._pseudonym_reader is not None:
+            loaded = await self._pseudonym_reader.load_pseudonymous(partner_id, [item.pseudonym])
+            if item.pseudonym in loaded:
+                subject_id = loaded[item.pseudonym].subject_id
+                self.remember_pseudonym(partner_id, item.pseudonym, subject_id)
+        if subject_id is None:
+            # Cannot happen (the mapping commits with the event); if it did, whichever subject
+            # changed must not be answered from a stale state: forget them all.
+            self._states.clear()
+            return msgspec.structs.replace(item, stream_id="unresolved:", pseudonym=None)
+        return msgspec.structs.replace(item, stream_id=SUBJECT_PREFIX + subject_id, pseudonym=None)
 
     async def database_head(self) -> int:
         """The log's head as the database has it (the feed may not have applied it yet)."""

@@ -10,11 +10,30 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from consent.app.ports import Clock, EventBus, RecordedEvent, UnitOfWork
-from consent.app.views import HistoryView, SubjectConsentsView, history_event, subject_view
+from consent.app.receipts import ReceiptIssuer, snapshot
+from consent.app.views import (
+    AuditView,
+    ConsentChangeView,
+    HistoryView,
+    SubjectConsentsView,
+    SubjectErasureView,
+    audit_entry,
+    history_event,
+    subject_view,
+)
 from consent.domain import catalog as cat
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, NotFound, VersionConflict
-from consent.domain.events import Event, Evidence, GlobalOptOutRecorded, Source, event_type
+from consent.domain.events import (
+    Event,
+    Evidence,
+    GlobalOptOutRecorded,
+    Source,
+    SubjectErased,
+    SubjectHistoryRead,
+    event_type,
+)
+from consent.domain.pseudonyms import key_missing, pseudonyms_for_events
 from consent.domain.subject import (
     Change,
     SubjectConsents,
@@ -27,6 +46,7 @@ T = TypeVar("T")
 Entity = TypeVar("Entity", Purpose, Scope, Partner)
 PartnerCommand = Literal["suspend", "reinstate", "terminate"]
 
+CATALOG_STREAMS = ("purpose", "scope", "partner")
 # A command without If-Match that loses a race is re-run on fresh state this many times.
 ATTEMPTS = 3
 
@@ -61,9 +81,14 @@ class Written(msgspec.Struct):
 
 
 class ConsentService:
+    # Signs a receipt for each event a consent change appends (set by the app; None: no receipts).
+    receipts: ReceiptIssuer | None = None
+
     def __init__(self, unit_of_work: Callable[..., UnitOfWork], bus: EventBus, clock: Clock,
-                 catalog: Catalog, catalog_versions: dict[str, int] | None = None) -> None:
+                 catalog: Catalog, catalog_versions: dict[str, int] | None = None,
+                 pseudonym_key: bytes | None = None) -> None:
         self._unit_of_work = unit_of_work
+        self._pseudonym_key = pseudonym_key  # CONSENT_PSEUDONYM_KEY: pairwise partners need it
         self._bus = bus
         self._clock = clock
         self.catalog = catalog
@@ -88,7 +113,8 @@ class ConsentService:
         for item in recorded:
             kind = event_type(item.event)
             self.appended[kind] = self.appended.get(kind, 0) + 1
-            if not item.stream_id.startswith("subject:") and self._is_newer(item.stream_id, item.stream_version):
+            if item.stream_id.split(":", 1)[0] in CATALOG_STREAMS and self._is_newer(item.stream_id,
+                                                                                     item.stream_version):
                 self.catalog.apply(item.event)
         await self._bus.publish(recorded)
 
@@ -140,6 +166,8 @@ class ConsentService:
             lambda catalog: catalog.scopes[scope_id], actor)
 
     async def put_partner(self, partner_id: str, spec: cat.PartnerSpec, actor: str) -> Written:
+        if spec.identifiers == "pairwise" and self._pseudonym_key is None:
+            raise key_missing()
         return await self._write_catalog(
             f"partner:{partner_id}", lambda uow: uow.load_partner(partner_id),
             lambda current: cat.register_partner(current, partner_id, spec, self.catalog, self._clock.now()),
@@ -181,10 +209,10 @@ class ConsentService:
     async def change_consents(self, subject_id: str, changes: list[Change], source: Source,
                               evidence: Evidence | None, actor: str, *, expected_version: int | None = None,
                               idempotency: tuple[str, str] | None = None,
-                              global_opt_out: bool = False) -> SubjectConsentsView:
+                              global_opt_out: bool = False) -> ConsentChangeView:
         """Apply all changes or none; a replayed Idempotency-Key gets the first answer again."""
 
-        async def attempt() -> SubjectConsentsView:
+        async def attempt() -> ConsentChangeView:
             async with self._unit_of_work(single_write=idempotency is None) as uow:
                 if idempotency is not None:
                     earlier = await uow.idempotent_answer(idempotency[0])
@@ -193,16 +221,18 @@ class ConsentService:
                             # A Conflict, so 409 as API.md says: the body is valid, the key is taken.
                             raise Conflict("idempotency_key_reused",
                                            "this Idempotency-Key was used with another request body")
-                        return msgspec.convert(earlier[1], SubjectConsentsView)
+                        return msgspec.convert(earlier[1], ConsentChangeView)
                 state = await uow.load_subject(subject_id)
                 if expected_version is not None and state.version != expected_version:
                     raise VersionConflict(f"subject:{subject_id}", expected_version)
                 now = self._clock.now()
                 new_events = change_consents(state, self.catalog, changes, source, evidence, now)
+                seen = snapshot(self.catalog) if new_events and self.receipts is not None else None
                 if global_opt_out and not state.global_opt_out:
                     new_events.append(GlobalOptOutRecorded(occurred_at=now, source="gpc"))
                 recorded = await self._apply_and_save(uow, state, new_events, actor)
-                answer = subject_view(state, now)
+                answer = ConsentChangeView(**msgspec.structs.asdict(subject_view(state, now)), receipts=(
+                    self.receipts.issue(recorded, seen or self.catalog) if self.receipts is not None else []))
                 if idempotency is not None:
                     await uow.remember_answer(idempotency[0], idempotency[1], msgspec.to_builtins(answer))
                 await uow.commit()
@@ -254,10 +284,38 @@ class ConsentService:
         """Fold the events into the state and append them at the version the state was loaded at."""
         if not new_events:
             return []
+        # Before folding: a write a pairwise partner's pseudonym cannot be computed for is refused whole.
+        pseudonyms = pseudonyms_for_events(self._pseudonym_key, self.catalog, state.subject_id, new_events)
         version_before = state.version
         for event in new_events:
             state.apply(event)
-        return await uow.save_subject(state, version_before, new_events, actor)
+        return await uow.save_subject(state, version_before, new_events, actor, pseudonyms=pseudonyms)
+
+    async def erase_subject(self, subject_id: str, actor: str) -> SubjectErasureView:
+        """Crypto-shredding: the subject's data key is deleted (its events' personal fields become unreadable),
+        `subject.erased` is appended and the read models are cleared, in one transaction. Appending at the
+        version read makes a concurrent write fail and retry after the erasure, never slip past it.
+
+        Idempotent: while the erasure is still the stream's last event, it is answered again, with no new event.
+        """
+        stream_id = f"subject:{subject_id}"
+
+        async def attempt() -> SubjectErasureView:
+            async with self._unit_of_work() as uow:
+                state = await uow.load_subject(subject_id)
+                last = await uow.event_at(stream_id, state.position) if state.version else None
+                if last is not None and isinstance(last.event, SubjectErased):
+                    return SubjectErasureView(subject_id=subject_id, erased_at=last.event.occurred_at,
+                                              position=last.position)
+                erased = SubjectErased(occurred_at=self._clock.now())
+                recorded = await self._apply_and_save(uow, state, [erased], actor)
+                await uow.commit()
+                await self._after_commit(recorded)
+            return SubjectErasureView(subject_id=subject_id, erased_at=erased.occurred_at,
+                                      position=recorded[-1].position)
+
+        async with self._subject_locks.hold(subject_id):
+            return await self._retrying(attempt)
 
     async def record_global_opt_out(self, subject_id: str, actor: str) -> None:
         await self.change_consents(subject_id, [], "gpc", None, actor, global_opt_out=True)
@@ -266,6 +324,25 @@ class ConsentService:
         async with self._unit_of_work() as uow:
             state = await uow.load_subject(subject_id)
         return subject_view(state, self._clock.now())
+
+    async def record_history_read(self, subject_id: str, actor: str) -> None:
+        """An administrator read a subject's history: governance wants to know who did, and when."""
+        stream_id = f"audit:{actor.split(':', 1)[1]}"
+
+        async def attempt() -> None:
+            async with self._unit_of_work() as uow:
+                event = SubjectHistoryRead(occurred_at=self._clock.now(), subject_id=subject_id)
+                recorded = await uow.append(stream_id, await uow.stream_version(stream_id), [event], actor)
+                await uow.commit()
+                await self._after_commit(recorded)
+
+        await self._retrying(attempt)
+
+    async def audit(self, after: int, limit: int) -> AuditView:
+        async with self._unit_of_work() as uow:
+            found = await uow.read_audit(after, limit)
+        return AuditView(events=[audit_entry(recorded, actor) for recorded, actor in found],
+                         next_after=found[-1][0].position if len(found) == limit else None)
 
     async def history(self, subject_id: str, after: int, limit: int) -> HistoryView:
         async with self._unit_of_work() as uow:

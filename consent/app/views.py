@@ -38,6 +38,8 @@ class PartnerView(Struct):
     status: str
     data_uses: dict[str, list[str]]
     contract_ends_at: datetime | None
+    identifiers: str
+    rate_limit: int | None
 
 
 class ConsentView(Struct):
@@ -58,6 +60,19 @@ class SubjectConsentsView(Struct):
     global_opt_out: bool
 
 
+class ReceiptView(Struct):
+    """A signed consent receipt (compact JWS, consent/app/receipts.py) for one recorded event."""
+
+    event_id: UUID
+    receipt: str
+
+
+class ConsentChangeView(SubjectConsentsView, kw_only=True):
+    """The answer to a consent change: the state after it, and a receipt per event it appended."""
+
+    receipts: list[ReceiptView] = []
+
+
 class HistoryEvent(Struct):
     event_id: UUID
     type: str
@@ -73,6 +88,24 @@ class HistoryView(Struct):
     next_after: int | None
 
 
+class SubjectErasureView(Struct):
+    """A subject's erasure: when it happened and the position of its `subject.erased` event."""
+
+    subject_id: str
+    erased_at: datetime
+    position: int
+
+
+class SubjectExportView(Struct):
+    """Everything held on one subject, for a data access or portability request."""
+
+    subject_id: str
+    exported_at: datetime
+    consents: SubjectConsentsView
+    history: list[HistoryEvent]
+    receipts: list[ReceiptView]
+
+
 def purpose_view(purpose: Purpose) -> PurposeView:
     return PurposeView(id=purpose.id, title=purpose.title, description=purpose.description,
                        legal_basis=purpose.legal_basis, retention=purpose.retention,
@@ -86,7 +119,8 @@ def scope_view(scope: Scope) -> ScopeView:
 def partner_view(partner: Partner) -> PartnerView:
     return PartnerView(id=partner.id, name=partner.name, status=partner.status,
                        data_uses={k: list(v) for k, v in partner.data_uses.items()},
-                       contract_ends_at=partner.contract_ends_at)
+                       contract_ends_at=partner.contract_ends_at, identifiers=partner.identifiers,
+                       rate_limit=partner.rate_limit)
 
 
 def subject_view(state: SubjectConsents, now: datetime) -> SubjectConsentsView:
@@ -109,3 +143,26 @@ def history_event(recorded: RecordedEvent) -> HistoryEvent:
     return HistoryEvent(event_id=recorded.event_id, type=event_type(recorded.event),
                         stream_version=recorded.stream_version, position=recorded.position,
                         occurred_at=recorded.event.occurred_at, data=data)
+
+
+class AuditEntry(Struct):
+    event_id: UUID
+    type: str
+    stream_id: str
+    stream_version: int
+    position: int
+    occurred_at: datetime
+    actor: str  # `admin:<key id>` (never the key) or `partner:<partner id>`
+    data: dict[str, Any]
+
+
+class AuditView(Struct):
+    events: list[AuditEntry]
+    next_after: int | None
+
+
+def audit_entry(recorded: RecordedEvent, actor: str) -> AuditEntry:
+    entry = history_event(recorded)
+    return AuditEntry(event_id=entry.event_id, type=entry.type, stream_id=recorded.stream_id,
+                      stream_version=entry.stream_version, position=entry.position, occurred_at=entry.occurred_at,
+                      actor=actor, data=entry.data)

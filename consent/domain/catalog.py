@@ -16,6 +16,7 @@ from consent.domain.durations import parse_duration
 from consent.domain.errors import Conflict, DomainError, NotFound
 from consent.domain.events import (
     Event,
+    Identifiers,
     LegalBasis,
     PartnerRegistered,
     PartnerReinstated,
@@ -62,6 +63,9 @@ class Partner(Struct, frozen=True):
     contract_ends_at: datetime | None
     # What a suspended partner returns to when reinstated.
     base_status: Literal["sandbox", "active"] = "sandbox"
+    identifiers: Identifiers = "public"
+    # Requests a second (token bucket); None: the service's default, 0: no limit.
+    rate_limit: int | None = None
 
     def approved_scopes(self, purpose_id: str) -> tuple[str, ...]:
         return self.data_uses.get(purpose_id, ())
@@ -101,7 +105,7 @@ class Catalog:
                 id=event.partner_id, name=event.name,
                 status="suspended" if suspended else event.status,
                 data_uses=event.data_uses, contract_ends_at=event.contract_ends_at,
-                base_status=event.status,
+                base_status=event.status, identifiers=event.identifiers, rate_limit=event.rate_limit,
             )
         elif isinstance(event, PartnerSuspended):
             self._set_partner_status(event.partner_id, "suspended")
@@ -189,6 +193,10 @@ class PartnerSpec(Struct, frozen=True):
     status: Literal["sandbox", "active"]
     data_uses: dict[str, tuple[str, ...]]
     contract_ends_at: datetime | None = None
+    # None keeps the partner's current mode (public for a new one): leaving the field out of an
+    # update must not quietly hand a pairwise partner real subject ids.
+    identifiers: Identifiers | None = None
+    rate_limit: int | None = None
 
 
 def register_partner(current: Partner | None, partner_id: str, spec: PartnerSpec, catalog: Catalog,
@@ -211,12 +219,14 @@ def register_partner(current: Partner | None, partner_id: str, spec: PartnerSpec
         data_uses[purpose_id] = tuple(sorted(set(scopes)))
     if spec.contract_ends_at is not None and spec.contract_ends_at.tzinfo is None:
         raise DomainError("validation_failed", "contract_ends_at must carry a time zone (RFC 3339)")
+    identifiers = spec.identifiers or (current.identifiers if current is not None else "public")
     fields = dict(partner_id=partner_id, name=spec.name, status=spec.status, data_uses=data_uses,
-                  contract_ends_at=spec.contract_ends_at)
+                  contract_ends_at=spec.contract_ends_at, identifiers=identifiers, rate_limit=spec.rate_limit)
     if current is None:
         return [PartnerRegistered(occurred_at=now, **fields)]
-    if (current.name, current.base_status, current.data_uses, current.contract_ends_at) == (
-            spec.name, spec.status, data_uses, spec.contract_ends_at):
+    if (current.name, current.base_status, current.data_uses, current.contract_ends_at, current.identifiers,
+            current.rate_limit) == (spec.name, spec.status, data_uses, spec.contract_ends_at, identifiers,
+                                    spec.rate_limit):
         return []
     return [PartnerUpdated(occurred_at=now, **fields)]
 

@@ -18,11 +18,26 @@ RequestSource = Literal["web", "app", "api", "gpc", "admin"]
 # `system`: the service itself acted (a grant expired, a partner was terminated).
 Source = Literal["web", "app", "api", "gpc", "admin", "system"]
 PartnerStatus = Literal["sandbox", "active", "suspended", "terminated"]
+# `pairwise`: the partner knows subjects only by pseudonyms of its own (consent/domain/pseudonyms.py).
+Identifiers = Literal["public", "pairwise"]
 
 
-class Evidence(Struct, frozen=True, forbid_unknown_fields=True):
+class Evidence(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """How a choice was collected, as the platform tells it: personal data as a whole (see PERSONAL_FIELDS)."""
+
     collection_point: str | None = None
     text_shown: str | None = None
+    user_note: str | None = None  # what the user wrote with the choice
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+
+# What a personal field reads as once the subject is erased (its data key deleted).
+ERASED = "[erased]"
+# The fields of events that hold personal data, in one place: the log stores them encrypted with the
+# subject's data key (consent/adapters/subject_keys.py), they are never published, and they read as
+# ERASED once the subject is erased.
+PERSONAL_FIELDS = frozenset({"evidence"})
 
 
 class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -38,7 +53,7 @@ class SubjectChange(Event, frozen=True, kw_only=True):
     scopes: tuple[str, ...] | None
     purpose_version: int
     source: Source
-    evidence: Evidence | None = None
+    evidence: Evidence | Literal["[erased]"] | None = None
 
 
 class ConsentGranted(SubjectChange, frozen=True, tag="subject.granted"):
@@ -99,6 +114,8 @@ class PartnerRegistered(Event, frozen=True, tag="partner.registered"):
     status: Literal["sandbox", "active"]
     data_uses: dict[str, tuple[str, ...]]
     contract_ends_at: datetime | None
+    identifiers: Identifiers = "public"  # events written before pseudonyms existed decode as public
+    rate_limit: int | None = None  # requests a second; None: the service's default
 
 
 class PartnerUpdated(PartnerRegistered, frozen=True, tag="partner.updated"):
@@ -117,10 +134,45 @@ class PartnerTerminated(Event, frozen=True, tag="partner.terminated"):
     partner_id: str
 
 
+# Partner access streams: `credential:<client_id>`, `token:<token_id>` (no personal data, never a secret)
+
+
+class CredentialIssued(Event, frozen=True, tag="credential.issued"):
+    partner_id: str
+    client_id: str
+    scopes: tuple[str, ...]
+    replaces: str | None = None  # the credential this one rotates
+
+
+class CredentialRevoked(Event, frozen=True, tag="credential.revoked"):
+    partner_id: str
+    client_id: str
+    # Later than occurred_at when a rotation leaves the old credential an overlap.
+    effective_at: datetime
+    reason: Literal["revoked", "rotated"] = "revoked"
+
+
+class TokenRevoked(Event, frozen=True, tag="token.revoked"):
+    """RFC 7009: a partner gave up one access token before its expiry."""
+
+    partner_id: str
+    client_id: str
+    token_id: str
+    expires_at: datetime
+
+
+# Governance reads, one stream per admin key: `audit:<key id>`
+
+
+class SubjectHistoryRead(Event, frozen=True, tag="audit.subject_history_read"):
+    subject_id: str
+
+
 AnyEvent = Union[  # noqa: UP007 - a runtime union of the classes, iterated below
     ConsentGranted, ConsentWithdrawn, ConsentExpired, ObjectionRecorded, GlobalOptOutRecorded,
     SubjectErased, PurposeDefined, PurposeRevised, PurposeRetired, ScopeDefined,
     PartnerRegistered, PartnerUpdated, PartnerSuspended, PartnerReinstated, PartnerTerminated,
+    CredentialIssued, CredentialRevoked, TokenRevoked, SubjectHistoryRead,
 ]
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]
@@ -140,3 +192,8 @@ def event_data(event: Event) -> dict:
 
 def event_from_data(type_: str, data: dict) -> Event:
     return msgspec.convert(data, EVENT_TYPES[type_], strict=False)
+
+
+def without_personal(data: dict) -> dict:
+    """Stored data less its personal fields (encrypted at rest), for readers that never show them."""
+    return {k: v for k, v in data.items() if k not in PERSONAL_FIELDS}

@@ -23,6 +23,9 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/health/ready"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("POST", "/v1/oauth/token"): PUBLIC,  # the client authenticates with its credential in the body
+    ("POST", "/v1/oauth/revoke"): PUBLIC,  # likewise (RFC 7009 §2.1)
+    ("GET", "/v1/audit"): ADMIN_ONLY,
+    ("POST", "/v1/partners/{partner_id:str}/credentials/{client_id:str}/rotate"): ADMIN_ONLY,
     ("GET", "/v1/purposes"): ANY,
     ("GET", "/v1/purposes/{purpose_id:str}"): ANY,
     ("GET", "/v1/scopes"): ANY,
@@ -41,16 +44,23 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/subjects/{subject_id:str}/consents"): OWN_SUBJECT,
     ("POST", "/v1/subjects/{subject_id:str}/consents"): OWN_SUBJECT,
     ("GET", "/v1/subjects/{subject_id:str}/history"): OWN_SUBJECT,
+    ("POST", "/v1/subjects/{subject_id:str}/erase"): OWN_SUBJECT,
+    ("GET", "/v1/subjects/{subject_id:str}/pseudonyms/{partner_id:str}"): OWN_SUBJECT,
+    ("GET", "/v1/subjects/{subject_id:str}/receipts/{event_id:uuid}"): OWN_SUBJECT,
+    ("GET", "/v1/subjects/{subject_id:str}/export"): OWN_SUBJECT,
+    ("GET", "/.well-known/jwks.json"): PUBLIC,  # public keys that verify receipts
     ("GET", "/v1/subjects/{subject_id:str}/permissions"): PARTNER_OR_ADMIN,
     ("POST", "/v1/decisions"): PARTNER_OR_ADMIN,
     ("POST", "/v1/decisions/batch"): PARTNER_OR_ADMIN,
 }
 SCHEMA_PREFIX = "/schema"  # the OpenAPI document and its viewers: public, no data
 
-CALLERS = ("none", "expired user", "user of another subject", "user", "other partner", "partner", "admin")
+CALLERS = ("none", "expired user", "user of another subject", "user", "other partner", "partner",
+           "sandbox partner", "suspended partner", "admin")
 ALLOWED = {
     PUBLIC: set(CALLERS),
-    ANY: {"user of another subject", "user", "other partner", "partner", "admin"},
+    # A sandbox partner reads the catalog, but asks only about test subjects (u-1 is a real one).
+    ANY: {"user of another subject", "user", "other partner", "partner", "sandbox partner", "admin"},
     ADMIN_ONLY: {"admin"},
     OWN_SUBJECT: {"user", "admin"},
     PARTNER_OR_ADMIN: {"other partner", "partner", "admin"},
@@ -81,10 +91,18 @@ def test_every_route_has_a_rule(client):
 async def callers(client) -> dict[str, dict[str, str]]:
     acme, client_id = await partner_headers(client, "acme")
     globex, _ = await partner_headers(client, "globex")
+    for partner, status in (("sandco", "sandbox"), ("initech", "active")):
+        answer = await client.put(f"/v1/partners/{partner}", headers=ADMIN, json={
+            "name": partner, "status": status, "data_uses": {"marketing": ["profile", "orders"]}})
+        assert answer.status_code == 201, answer.text
+    sandbox, _ = await partner_headers(client, "sandco")
+    suspended, _ = await partner_headers(client, "initech")
+    assert (await client.post("/v1/partners/initech/suspend", headers=ADMIN)).status_code == 200
     expired = jwt.encode({"sub": "u-1", "exp": int(time.time()) - 60}, USER_TOKEN_SECRET, algorithm="HS256")
     return {"none": {}, "expired user": {"Authorization": f"Bearer {expired}"},
             "user of another subject": user_headers("u-2"), "user": user_headers("u-1"),
-            "other partner": globex, "partner": acme, "admin": ADMIN}, client_id
+            "other partner": globex, "partner": acme, "sandbox partner": sandbox, "suspended partner": suspended,
+            "admin": ADMIN}, client_id
 
 
 @pytest.mark.parametrize("method, path", sorted(RULES))
@@ -93,7 +111,8 @@ async def test_only_the_allowed_callers_get_through(client, method, path):
     headers_by_caller, client_id = await callers(client)
     concrete = (path.replace("{purpose_id:str}", "marketing").replace("{scope_id:str}", "orders")
                 .replace("{partner_id:str}", "acme").replace("{subject_id:str}", "u-1")
-                .replace("{client_id:str}", "cl_unknown"))
+                .replace("{client_id:str}", "cl_unknown")
+                .replace("{event_id:uuid}", "00000000-0000-4000-8000-000000000000"))
     allowed = ALLOWED[RULES[(method, path)]]
     for caller in CALLERS:
         target = concrete + ("?partner=acme" if "permissions" in concrete and caller == "admin" else "")

@@ -198,7 +198,8 @@ async def test_put_and_get_partner(client):
         data_uses={"marketing": ["profile.email", "orders", "orders"]}, contract_ends_at="2030-01-01T00:00:00Z"))
     assert updated.status_code == 200, updated.text
     expected = {"id": "acme", "name": "Acme", "status": "active",
-                "data_uses": {"marketing": ["orders", "profile.email"]}, "contract_ends_at": "2030-01-01T00:00:00Z"}
+                "data_uses": {"marketing": ["orders", "profile.email"]}, "contract_ends_at": "2030-01-01T00:00:00Z",
+                "identifiers": "public", "rate_limit": None}
     assert updated.json() == expected
     read = await client.get("/v1/partners/acme", headers=ADMIN)
     assert (read.status_code, read.json()) == (200, expected)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from consent.adapters.tables import events
 from consent.api.app import create_app
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables
+from tests.conftest import ADMIN, ADMIN_KEY, MASTER_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables
 
 MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
 
@@ -26,7 +26,8 @@ async def events_app(postgresql_url, nats_names):
     await empty_tables(postgresql_url)
     stream, prefix = nats_names
     settings = Settings(database_url=postgresql_url, nats_url=NATS_URL, admin_keys=(ADMIN_KEY,),
-                        user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix)
+                        user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix,
+                        master_key=MASTER_KEY)
     async with AsyncTestClient(create_app(settings)) as client:
         yield client, stream, prefix
 
@@ -110,8 +111,9 @@ async def test_no_event_is_skipped_when_transactions_commit_out_of_order(events_
         # Takes its position now, commits after later positions were published.
         async with slow_engine.begin() as conn:
             await conn.execute(sa.text(
-                "INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
-                "VALUES (gen_random_uuid(), :stream, 1, 'subject.granted', CAST(:data AS jsonb), '{}', now())"),
+                "INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at, hash) "
+                "VALUES (gen_random_uuid(), :stream, 1, 'subject.granted', CAST(:data AS jsonb), '{}', now(), "
+                "sha256('not checked here'::bytea))"),
                 {"stream": f"subject:slow-{n}", "data": json.dumps({
                     "occurred_at": "2026-01-01T00:00:00Z", "purpose": "marketing", "partner": None,
                     "scopes": None, "purpose_version": 1, "source": "api"})})
@@ -160,3 +162,25 @@ async def test_the_subscriber_example_deletes_on_withdrawal(events_app, monkeypa
                 "changes": [{"purpose": "marketing", "partner": partner, "action": action}]})
     await asyncio.wait_for(example.consume("acme", NATS_URL, stream, prefix, stop_after=4), timeout=20)
     assert deleted == [("acme", "user-7", "marketing")]  # globex's withdrawal is not acme's business
+
+
+async def test_governance_reads_stay_in_the_log_and_out_of_the_stream(events_app, postgresql_url):
+    """An admin's read of a history is audited in the log; subscribers get consent changes only."""
+    client, stream, prefix = events_app
+    await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+    change = {"changes": [{"purpose": "marketing", "action": "grant"}]}
+    assert (await client.post("/v1/subjects/u-9/consents", headers=ADMIN, json=change)).status_code == 200
+    assert (await client.get("/v1/subjects/u-9/history", headers=ADMIN)).status_code == 200
+    withdraw = {"changes": [{"purpose": "marketing", "action": "withdraw"}]}
+    assert (await client.post("/v1/subjects/u-9/consents", headers=ADMIN, json=withdraw)).status_code == 200
+    engine = create_async_engine(postgresql_url)
+    try:
+        async with engine.connect() as conn:
+            logged = (await conn.execute(sa.select(events.c.event_id, events.c.type)
+                                         .order_by(events.c.position))).all()
+    finally:
+        await engine.dispose()
+    assert [t for _, t in logged] == ["purpose.defined", "subject.granted", "audit.subject_history_read",
+                                      "subject.withdrawn"]
+    received = await stream_messages(stream, prefix, expected=3)
+    assert [m.headers["Nats-Msg-Id"] for m in received] == [str(i) for i, t in logged if not t.startswith("audit.")]

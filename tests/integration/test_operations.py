@@ -33,6 +33,28 @@ async def test_a_partner_over_its_rate_gets_429_with_retry_after(limited_client)
                 ).status_code == 200
 
 
+async def test_a_partners_own_rate_overrides_the_default(limited_client):
+    client = limited_client
+    await setup_catalog(client)
+    for partner, rate in (("acme", 5), ("globex", 0)):
+        answer = await client.put(f"/v1/partners/{partner}", headers=ADMIN, json={
+            "name": partner, "status": "active", "data_uses": {"marketing": ["profile", "orders"]},
+            "rate_limit": rate})
+        assert answer.status_code == 200 and answer.json()["rate_limit"] == rate
+    question = {"subject_id": "u", "purpose": "marketing", "scopes": ["orders"]}
+    acme, _ = await partner_headers(client, "acme")
+    statuses = [(await client.post("/v1/decisions", headers=acme, json=question)).status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    globex, _ = await partner_headers(client, "globex")  # 0: no limit at all
+    for _ in range(10):
+        assert (await client.post("/v1/decisions", headers=globex, json=question)).status_code == 200
+    # Back to the default once the override is removed.
+    await client.put("/v1/partners/globex", headers=ADMIN, json={
+        "name": "globex", "status": "active", "data_uses": {"marketing": ["profile", "orders"]}})
+    statuses = [(await client.post("/v1/decisions", headers=globex, json=question)).status_code for _ in range(4)]
+    assert statuses[-1] == 429
+
+
 async def test_answers_with_personal_data_are_not_cacheable(client):
     await setup_catalog(client)
     acme, _ = await partner_headers(client, "acme")

@@ -130,3 +130,42 @@ async def test_a_restarted_replica_answers_the_new_state_once_ready(postgresql_u
         for service in (a_service, b_service):
             service.kill()
             service.wait(timeout=10)
+
+
+async def test_credential_and_token_revocations_reach_the_other_replica(replicas):
+    """B has used the credential (so it holds it as valid in memory); revocations through A still reach it."""
+    a, b = replicas
+    await a.put("/v1/scopes/orders", json={"title": "O", "description": "", "sensitivity": "low"})
+    await a.put("/v1/purposes/marketing", json=MARKETING)
+    await a.put("/v1/partners/acme", json={"name": "Acme", "status": "active", "data_uses": {"marketing": ["orders"]}})
+    await wait_until(lambda: _has_partner(b), timeout=5, what="replica B to learn the partner")
+    issued = (await a.post("/v1/partners/acme/credentials")).json()
+    form = {"client_id": issued["client_id"], "client_secret": issued["client_secret"]}
+    tokens = [(await b.post("/v1/oauth/token", data={"grant_type": "client_credentials", **form},
+                            headers={"Authorization": ""})).json()["access_token"] for _ in range(2)]
+    question = {"subject_id": "u", "purpose": "marketing", "scopes": ["orders"]}
+
+    async def status_on_b(access_token: str) -> int:
+        return (await b.post("/v1/decisions", json=question,
+                             headers={"Authorization": f"Bearer {access_token}"})).status_code
+
+    assert [await status_on_b(t) for t in tokens] == [200, 200]
+
+    revoked = await a.post("/v1/oauth/revoke", data={**form, "token": tokens[0]}, headers={"Authorization": ""})
+    assert revoked.status_code == 200
+    started = time.perf_counter()
+    await wait_until(lambda: _refused(status_on_b, tokens[0]), timeout=2, what="B to refuse the revoked token")
+    token_lag = time.perf_counter() - started
+    assert await status_on_b(tokens[1]) == 200
+
+    assert (await a.delete(f"/v1/partners/acme/credentials/{issued['client_id']}")).status_code == 204
+    await wait_until(lambda: _refused(status_on_b, tokens[1]), timeout=2, what="B to refuse the credential's tokens")
+    print(f"token revocation seen on B after {token_lag * 1000:.1f} ms")
+
+
+async def _refused(status, access_token: str) -> bool:
+    return await status(access_token) == 401
+
+
+async def _has_partner(client) -> bool:
+    return (await client.get("/v1/partners/acme")).status_code == 200

@@ -22,3 +22,11 @@ def test_token_bucket_refills_at_the_rate():
     assert limiter.check("acme").allowed
     assert not limiter.check("acme").allowed
     assert all(RateLimiter(0, clock).check("acme").allowed for _ in range(100))  # 0 = no limit
+
+
+def test_a_key_with_its_own_rate_gets_its_own_bucket_size():
+    clock = ManualClock()
+    limiter = RateLimiter(3, clock)
+    assert [limiter.check("acme", 5).allowed for _ in range(6)] == [True] * 5 + [False]
+    assert limiter.check("acme", 5).limit == 5
+    assert all(limiter.check("globex", 0).allowed for _ in range(50))

@@ -1,0 +1,84 @@
+"""`consent keys rewrap`: every data key wrapped again by the current master key, events untouched.
+
+Rotation: make the new key CONSENT_MASTER_KEY, move the old one to CONSENT_MASTER_KEYS_OLD, restart
+the replicas (they read both, and wrap new data keys with the new one), run this, then drop the old
+key. Batches of keys are rewrapped a transaction each, so writers are held up briefly at most; an
+update only lands if the row still holds the key it read, so a subject erased (or given a new key)
+meanwhile is left as it is: a deleted key is never brought back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from msgspec import Struct
+
+from consent.adapters.cipher import CipherError, MasterKeys, UnknownMasterKey
+from consent.adapters.database import Database
+from consent.adapters.tables import subject_keys
+
+BATCH = 500
+
+_UPDATE = (sa.update(subject_keys)
+           .where(subject_keys.c.subject_id == sa.bindparam("b_subject"),
+                  subject_keys.c.key_id == sa.bindparam("b_key"),
+                  subject_keys.c.master_key_id == sa.bindparam("b_old"))
+           .values(wrapped_key=sa.bindparam("b_wrapped"), master_key_id=sa.bindparam("b_new")))
+
+
+class RewrapReport(Struct):
+    rewrapped: int
+    unreadable: int  # data keys that did not unwrap (damaged rows): left as they are
+    remaining: int  # keys not under the current master key afterwards (unreadable ones, or made meanwhile)
+    seconds: float
+
+
+async def rewrap_all(database: Database, master: MasterKeys, batch: int = BATCH,
+                     progress: Callable[[int], None] | None = None) -> RewrapReport:
+    """Raises UnknownMasterKey, before changing anything, if a key is under a master key not configured."""
+    started = time.perf_counter()
+    outdated = subject_keys.c.master_key_id != master.current_id
+    async with database.reading() as conn:
+        in_use = set((await conn.execute(sa.select(subject_keys.c.master_key_id).distinct())).scalars())
+    for master_key_id in sorted(in_use - master.ids):
+        raise UnknownMasterKey(master_key_id)
+    rewrapped = unreadable = 0
+    after = ""
+    while True:
+        await database.acquire_writer()
+        try:
+            async with database.engine.begin() as conn:
+                rows = (await conn.execute(
+                    sa.select(subject_keys.c.subject_id, subject_keys.c.key_id, subject_keys.c.wrapped_key,
+                              subject_keys.c.master_key_id)
+                    .where(outdated, subject_keys.c.subject_id > after)
+                    .order_by(subject_keys.c.subject_id).limit(batch))).all()
+                updates = []
+                for row in rows:
+                    try:
+                        key = master.unwrap(row.subject_id, row.key_id, row.wrapped_key, row.master_key_id)
+                    except CipherError:
+                        unreadable += 1
+                        continue
+                    updates.append({"b_subject": row.subject_id, "b_key": row.key_id, "b_old": row.master_key_id,
+                                    "b_wrapped": master.wrap(row.subject_id, key), "b_new": master.current_id})
+                if updates:
+                    await conn.execute(_UPDATE, updates)
+        finally:
+            database.release_writer()
+        if not rows:
+            break
+        rewrapped += len(updates)
+        after = rows[-1].subject_id
+        if progress is not None:
+            progress(len(rows))
+    return RewrapReport(rewrapped=rewrapped, unreadable=unreadable, remaining=await count_outdated(database, master),
+                        seconds=time.perf_counter() - started)
+
+
+async def count_outdated(database: Database, master: MasterKeys) -> int:
+    async with database.reading() as conn:
+        return (await conn.execute(sa.select(sa.func.count()).select_from(subject_keys)
+                                   .where(subject_keys.c.master_key_id != master.current_id))).scalar_one()
