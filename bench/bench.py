@@ -66,6 +66,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from seed_scale import Seeder, chunks, copy_rows
+
 try:
     import asyncpg
     import httpx
@@ -405,12 +407,41 @@ def lua_ceiling(args: argparse.Namespace, _token: str) -> str:
             "function request() return req end\n" + LUA_COMMON)
 
 
-def lua_decisions(args: argparse.Namespace, token: str) -> str:
-    return (lua_prelude(args, args.seed + 11) + lua_questions() +
+# Zipf's law over the subjects (s = ZIPF_S): rank r (0 = the most asked) is subject (r * ZIPF_STRIDE) mod N,
+# so that the hot subjects are spread over the id space. ZIPF_STRIDE is a prime: coprime with any N below it.
+ZIPF_S = 1.1
+ZIPF_STRIDE = 1_000_003
+
+
+def zipf_subject(rank: int, n: int) -> int:
+    return (rank * ZIPF_STRIDE) % n
+
+
+def lua_subject_index(distribution: str) -> str:
+    """`index()`: a subject index drawn uniformly, or by Zipf's law (a cumulative table, binary search)."""
+    if distribution == "uniform":
+        return "local function index() return math.random(0, N - 1) end\n"
+    return (f"local ZS, STRIDE = {ZIPF_S}, {ZIPF_STRIDE}\nlocal cdf = nil\n"
+            "local function index()\n"
+            "  if cdf == nil then\n"
+            "    cdf = {}\n    local total = 0\n"
+            "    for k = 1, N do total = total + k ^ -ZS; cdf[k] = total end\n"
+            "    for k = 1, N do cdf[k] = cdf[k] / total end\n"
+            "  end\n"
+            "  local u, lo, hi = math.random(), 1, N\n"
+            "  while lo < hi do\n"
+            "    local mid = math.floor((lo + hi) / 2)\n"
+            "    if cdf[mid] < u then lo = mid + 1 else hi = mid end\n"
+            "  end\n"
+            "  return ((lo - 1) * STRIDE) % N\nend\n")
+
+
+def lua_decisions(args: argparse.Namespace, token: str, distribution: str = "uniform") -> str:
+    return (lua_prelude(args, args.seed + 11) + lua_questions() + lua_subject_index(distribution) +
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
             f'wrk.headers["Authorization"] = {lua_str("Bearer " + token)}\n'
             "function request()\n"
-            "  local body = '{\"subject_id\":\"' .. sid(math.random(0, N - 1)) .. QUESTIONS[math.random(NQ)]\n"
+            "  local body = '{\"subject_id\":\"' .. sid(index()) .. QUESTIONS[math.random(NQ)]\n"
             '  return wrk.format(nil, "/v1/decisions", nil, body)\nend\n' + LUA_COMMON)
 
 
@@ -434,6 +465,15 @@ def lua_batch(args: argparse.Namespace, token: str) -> str:
             "  end\nend\n"
             "function request()\n  if bodies == nil then build() end\n  return bodies[math.random(POOL)]\nend\n"
             + LUA_COMMON)
+
+
+def lua_pacing(rate: float | None, connections: int) -> str:
+    """wrk delay(): each connection waits connections/rate s on average (uniform 0.5x to 1.5x, whole ms)
+    before each request, so the load runs near `rate` writes/s while the server keeps up."""
+    if not rate:
+        return ""
+    return (f"local PACE_MS = {1000.0 * connections / rate:.3f}\n"
+            "function delay() return PACE_MS * (0.5 + math.random()) end\n")
 
 
 def lua_writes(args: argparse.Namespace, admin_key: str) -> str:
@@ -473,88 +513,6 @@ def lua_writes(args: argparse.Namespace, admin_key: str) -> str:
             "  touched[i] = count\n"
             '  return wrk.format(nil, "/v1/subjects/" .. sid(i) .. "/consents", nil, body)\nend\n'
             + LUA_COMMON)
-
-
-# --- the bulk seeder of the scale run ----------------------------------------------------------
-
-# The 10 (purpose, partner) choices a subject of the scale run makes, all the catalog allows
-# (consent or legitimate interest purposes; partners on their data uses): version, purpose, partner,
-# then the scopes as SQL (s.h is a hash of the subject's index, so that subjects differ).
-SCALE_CHOICES = [
-    (1, "marketing", None, "NULL::jsonb"),
-    (2, "marketing", "acme", "(ARRAY['[\"profile.email\"]', '[\"orders.history\"]', "
-                             "'[\"orders.history\", \"profile.email\"]']::jsonb[])[1 + (s.h / 100) % 3]"),
-    (3, "marketing", "globex", "'[\"profile\"]'::jsonb"),
-    (4, "analytics", None, "NULL::jsonb"),
-    (5, "analytics", "acme", "(ARRAY['[\"location\", \"orders\"]', '[\"orders\"]']::jsonb[])[1 + (s.h / 3000) % 2]"),
-    (6, "analytics", "globex", "'[\"orders.history\"]'::jsonb"),
-    (7, "analytics", "initech", "'[\"location.precise\"]'::jsonb"),
-    (8, "ad_sharing", None, "NULL::jsonb"),
-    (9, "ad_sharing", "acme", "'[\"profile\"]'::jsonb"),
-    (10, "ad_sharing", "initech", "'[\"location\", \"profile.email\"]'::jsonb"),
-]
-RFC3339 = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'"
-
-
-def seed_sql(prefix: str, width: int) -> tuple[str, str]:
-    """Two INSERT ... SELECT statements over generate_series($1, $2 - 1) subjects, sign-up times from
-    $3 every $4 seconds, metadata $5: (grants and objections, withdrawals). The data fields are
-    those of the service's events (consent/domain/events.py), timestamps as msgspec writes them."""
-    quoted_prefix = "'" + prefix.replace("'", "''") + "'"
-    evidence = ", ".join("'" + json.dumps(e).replace("'", "''") + "'" for e in EVIDENCE)
-    subjects = f"""
-        SELECT i, {quoted_prefix} || lpad(i::text, {width}, '0') AS sid, at, h,
-               to_char(at AT TIME ZONE 'UTC', {RFC3339}) AS at_text,
-               (ARRAY['web', 'app', 'api'])[1 + i % 3] AS source,
-               (ARRAY[{evidence}]::jsonb[])[1 + i % 3] AS evidence
-        FROM (SELECT i, $3::timestamptz + make_interval(secs => i * $4::float8) AS at,
-                     (i * 2654435761) % 4294967296 AS h
-              FROM generate_series($1::bigint, $2::bigint - 1) AS i) AS g"""
-    expiry = f"to_char((s.at + (430 + s.h % 300) * interval '1 day') AT TIME ZONE 'UTC', {RFC3339})"
-    rows = []
-    for version, purpose, partner, scopes in SCALE_CHOICES:
-        kind = "'subject.granted'"
-        expires = "NULL::text"
-        if version == 4:  # 10 % object to first-party analytics (legitimate interest) instead
-            kind = "CASE WHEN (s.h / 300) % 10 = 0 THEN 'subject.objected' ELSE 'subject.granted' END"
-        if version == 1:
-            expires = f"CASE WHEN s.h % 100 < 15 THEN {expiry} END"
-        if version == 2:
-            expires = f"CASE WHEN (s.h / 100000) % 100 < 10 THEN {expiry} END"
-        rows.append(f"({version}, {kind}, '{purpose}', {'NULL::text' if partner is None else repr(partner)}, "
-                    f"{scopes}, {expires})")
-    grants = f"""
-        INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at)
-        SELECT gen_random_uuid(), 'subject:' || s.sid, t.version, t.type,
-               jsonb_build_object('occurred_at', s.at_text, 'purpose', t.purpose, 'partner', t.partner,
-                                  'scopes', t.scopes, 'purpose_version', 1, 'source', s.source,
-                                  'evidence', s.evidence)
-               || CASE WHEN t.type = 'subject.granted' THEN jsonb_build_object('expires_at', t.expires_at)
-                       ELSE '{{}}'::jsonb END,
-               $5::jsonb, s.at
-        FROM ({subjects}) AS s
-        CROSS JOIN LATERAL (VALUES {', '.join(rows)}) AS t(version, type, purpose, partner, scopes, expires_at)
-        ORDER BY s.i, t.version"""
-    acme_scopes = SCALE_CHOICES[1][3]
-    withdrawals = f"""
-        INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at)
-        SELECT gen_random_uuid(), 'subject:' || s.sid, w.version, 'subject.withdrawn',
-               jsonb_build_object('occurred_at', to_char(w.at AT TIME ZONE 'UTC', {RFC3339}),
-                                  'purpose', w.purpose, 'partner', w.partner, 'scopes', w.scopes,
-                                  'purpose_version', 1, 'source', s.source, 'evidence', s.evidence,
-                                  'reason', NULL),
-               $5::jsonb, w.at
-        FROM ({subjects}) AS s
-        CROSS JOIN LATERAL (VALUES
-            (11, 'marketing', 'acme', {acme_scopes}, s.at + (1 + s.h % 30) * interval '1 day',
-             (s.h / 1000) % 5 = 0),
-            (CASE WHEN (s.h / 1000) % 5 = 0 THEN 12 ELSE 11 END, 'ad_sharing', NULL::text, NULL::jsonb,
-             s.at + (31 + s.h % 30) * interval '1 day', (s.h / 7000) % 10 = 0)
-        ) AS w(version, purpose, partner, scopes, at, wanted)
-        WHERE w.wanted
-        ORDER BY w.at, s.i"""
-    return grants, withdrawals
-
 
 
 class Server:
@@ -1079,8 +1037,17 @@ class Bench:
 
     def nats_env(self, tag: str) -> dict[str, str]:
         """A stream and subject prefix of this run's own, so that nothing else on the NATS server is touched."""
-        return {"CONSENT_NATS_URL": self.args.nats, "CONSENT_NATS_STREAM": f"BENCH_{tag.upper()}",
-                "CONSENT_NATS_SUBJECT_PREFIX": f"bench{tag}.consent.v1"}
+        env = {"CONSENT_NATS_URL": self.args.nats, "CONSENT_NATS_STREAM": f"BENCH_{tag.upper()}",
+               "CONSENT_NATS_SUBJECT_PREFIX": f"bench{tag}.consent.v1"}
+        if self.args.relay:
+            env["CONSENT_RELAY"] = self.args.relay
+        return env
+
+    @staticmethod
+    async def relay_child(client: httpx.AsyncClient) -> dict[str, int]:
+        """The relay child's pid (CONSENT_RELAY=process), for the CPU meter."""
+        pid = (await client.get("/health/ready")).json().get("relay", {}).get("pid")
+        return {"relay": pid} if pid else {}
 
     def nats_server_pid(self) -> dict[str, int]:
         target = urllib.parse.urlsplit(self.args.nats)
@@ -1142,7 +1109,8 @@ class Bench:
         tag = secrets.token_hex(4)
         env = self.nats_env(tag)
         prefix = env["CONSENT_NATS_SUBJECT_PREFIX"]
-        log(f"run lag: POST .../consents at {args.write_connections} connections, {args.duration} s, on a server "
+        pace = f" paced near {args.write_rate:g}/s" if args.write_rate else ""
+        log(f"run lag: POST .../consents at {args.write_connections} connections{pace}, {args.duration} s, on a server "
             f"publishing to NATS {args.nats} (stream {env['CONSENT_NATS_STREAM']}); subscriber on {prefix}.subject.>")
         received: list[tuple[float, bytes]] = []
 
@@ -1161,15 +1129,17 @@ class Bench:
                 await self.start_server("lag", env)
                 async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
                     await self.seed_catalog(client)
-                    extra = self.nats_server_pid()
+                    extra = {**self.nats_server_pid(), **await self.relay_child(client)}
                     # A probe among the load, one write at a time: its answer comes after its commit, so
                     # answer to receipt is a lower bound of commit to receipt (the CloudEvent time gives
                     # the upper bound).
                     stop_probe = asyncio.Event()
                     probe_task = asyncio.create_task(self.lag_probe(client, f"bench-lagprobe-{tag}", stop_probe))
                     try:
-                        result = await self.run_wrk("lag", lua_writes(args, self.admin_key), "/v1/subjects",
-                                                    args.write_connections, extra_pids=extra)
+                        script = lua_writes(args, self.admin_key) + lua_pacing(args.write_rate,
+                                                                               args.write_connections)
+                        result = await self.run_wrk("lag", script, "/v1/subjects", args.write_connections,
+                                                    extra_pids=extra)
                     finally:
                         stop_probe.set()
                         probes = await probe_task
@@ -1213,7 +1183,8 @@ class Bench:
                 "lag_recorded_max_ms": lags_recorded[-1] if lags_recorded else None,
                 "probe_writes": len(lower), "lag_lower_p50_ms": percentile(lower, 50),
                 "lag_lower_p99_ms": percentile(lower, 99), "lag_lower_max_ms": lower[-1] if lower else None,
-                "relay": ready.get("relay"), "server_env": env, "service": self.server_revision})
+                "relay": ready.get("relay"), "server_env": env, "service": self.server_revision,
+                "write_rate_target": args.write_rate})
             self.results.setdefault("runs", {})["lag"] = result
             log(f"  lag: {len(lags):,} messages of the measured run; CloudEvent time to receipt p50 "
                 f"{fmt(result['lag_p50_ms'], 2)} ms, p99 {fmt(result['lag_p99_ms'], 2)} ms, max "
@@ -1312,8 +1283,12 @@ class Bench:
         samples = args.propagation_samples
         admin = self.admin()
         load_args = argparse.Namespace(**{**vars(args), "write_connections": args.propagation_connections})
-        script = lua_writes(load_args, self.admin_key)
+        script = lua_writes(load_args, self.admin_key) + lua_pacing(args.write_rate, args.propagation_connections)
         extra = {"B": b.pid, **self.nats_server_pid()}
+        for name, client in (("A relay", on_a), ("B relay", on_b)):
+            child = (await self.relay_child(client)).get("relay")
+            if child:
+                extra[name] = child
         meter = CpuMeter(a.pid, self.database, extra)
         load = asyncio.create_task(self.wrk("propagation-load", script, "/v1/subjects",
                                             args.propagation_connections, 3600))
@@ -1388,7 +1363,7 @@ class Bench:
     async def scale_run(self) -> None:
         args = self.args
         sizes = args.scale_subjects
-        log(f"run scale: {', '.join(f'{n:,}' for n in sizes)} subjects, 10 consents each, bulk-seeded with SQL; "
+        log(f"run scale: {', '.join(f'{n:,}' for n in sizes)} subjects, 10 consents each, bulk-seeded with COPY; "
             f"consent projections rebuild; decisions at {args.connections} and {args.latency_connections} "
             f"connections over random subjects")
         results = self.results.setdefault("runs", {}).setdefault("scale", {"sizes": {}})
@@ -1405,23 +1380,38 @@ class Bench:
         results["rps_ratio"] = ratio(large["decisions"]["rps"], small["decisions"]["rps"])
         results["p99_ratio"] = ratio(large["latency"]["p99_ms"], small["latency"]["p99_ms"])
         results["p99_ratio_at_throughput"] = ratio(large["decisions"]["p99_ms"], small["decisions"]["p99_ms"])
+        results["variant_ratios"] = {}
+        for label, variant in large.get("variants", {}).items():
+            base = small.get("variants", {}).get(label)
+            if base is None:
+                continue
+            results["variant_ratios"][label] = row = {
+                "rps_ratio": ratio(variant["decisions"]["rps"], base["decisions"]["rps"]),
+                "p99_ratio": ratio(variant["latency"]["p99_ms"], base["latency"]["p99_ms"]),
+                "p99_ratio_at_throughput": ratio(variant["decisions"]["p99_ms"], base["decisions"]["p99_ms"]),
+                "rss_mb": (base["rss_mb"], variant["rss_mb"])}
+            log(f"  {label}: decisions/s {fmt(row['rps_ratio'], 2)} of {small['subjects']:,}'s at "
+                f"{large['subjects']:,} subjects, p99 at {args.latency_connections} connections "
+                f"{fmt(row['p99_ratio'], 2)}x, at {args.connections} {fmt(row['p99_ratio_at_throughput'], 2)}x; "
+                f"RSS {row['rss_mb'][0]} -> {row['rss_mb'][1]} MB")
 
     async def scale_one(self, n: int) -> dict[str, Any]:
         args = self.args
         width = subject_width(n)
-        scale_args = argparse.Namespace(**{**vars(args), "subjects": n})
-        cache_env = ({"CONSENT_SUBJECT_CACHE_SIZE": str(args.scale_cache_size)} if args.scale_cache_size else {})
-        cache_size = args.scale_cache_size or 100_000
-        out: dict[str, Any] = {"subjects": n, "cache_size": cache_size}
+        out: dict[str, Any] = {"subjects": n}
         await self.create_database()
         self.migrate()
         # The catalog through the API (its events in the log), then the server goes away for the bulk load.
-        await self.start_server(f"scale-{n}-catalog", cache_env)
+        await self.start_server(f"scale-{n}-catalog")
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
             await self.seed_catalog(client)
         await self.stop_server()
         out["seed"] = await self.bulk_seed(n, width)
         out["rebuild"] = self.rebuild()
+        if not args.scale_skip_checkpoints:
+            out["checkpoints"] = self.checkpoint_backlog()
+        if args.scale_verify:
+            out["verify"] = self.audit_verify()
         # The rebuild leaves the new read tables without planner statistics; with autovacuum off (as
         # on the machine this bench was written on) they would stay so, and a batch of 1,000 subjects
         # is then read with a parallel sequential scan. Analyse them, as autovacuum would in time.
@@ -1448,23 +1438,43 @@ class Bench:
         if counts["subjects"] != n or counts["consents"] != 10 * n:
             self.problems.append(f"run scale {n}: read models hold {counts['subjects']} subjects and "
                                  f"{counts['consents']} consents, expected {n} and {10 * n}")
-        server = await self.start_server(f"scale-{n}", cache_env)
+        out["variants"] = {}
+        for cache_size in args.scale_cache_size:
+            for distribution in args.scale_distribution:
+                label = f"cache {cache_size}, {distribution}"
+                out["variants"][label] = await self.scale_variant(n, width, cache_size, distribution)
+                await self.stop_server()
+        first = next(iter(out["variants"].values()))  # the figures the summary and ratios use
+        out.update({k: first[k] for k in ("cache_size", "decisions", "latency", "rss_mb", "rss_mb_started",
+                                          "rss_mb_warm", "cache_warm_seconds", "answer_mix")})
+        return out
+
+    async def scale_variant(self, n: int, width: int, cache_size: int, distribution: str) -> dict[str, Any]:
+        """A server with this cache size, its cache filled (with the most asked subjects under Zipf), then
+        decisions over subjects drawn uniformly or by Zipf's law."""
+        args = self.args
+        scale_args = argparse.Namespace(**{**vars(args), "subjects": n})
+        out: dict[str, Any] = {"cache_size": cache_size, "distribution": distribution}
+        server = await self.start_server(f"scale-{n}-{cache_size}-{distribution}",
+                                         {"CONSENT_SUBJECT_CACHE_SIZE": str(cache_size)})
         out["service"] = self.server_revision
         out["rss_mb_started"] = server.rss_mb()
+        order = (lambda i: i) if distribution == "uniform" else (lambda rank: zipf_subject(rank, n))
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as client:
             token = await self.partner_token(client)
             auth = {"Authorization": f"Bearer {token}"}
-            # Fill the cache as the main runs do (every subject, or as many as it holds).
+            # Fill the cache as a replica in service would be (every subject, or as many as it holds).
             warm = min(n, cache_size)
             began = time.monotonic()
             for first in range(0, warm, 1000):
-                items = [{"subject_id": subject_id(args.subject_prefix, width, i), "purpose": "marketing",
+                items = [{"subject_id": subject_id(args.subject_prefix, width, order(i)), "purpose": "marketing",
                           "scopes": ["profile.email"]} for i in range(first, min(first + 1000, warm))]
                 await self.expect(await client.post("/v1/decisions/batch", headers=auth, json={"items": items}), 200)
             out["cache_warm_seconds"] = round(time.monotonic() - began, 2)
             out["rss_mb_warm"] = server.rss_mb()
-            log(f"  cache: {warm:,} subjects read by batch decisions in {out['cache_warm_seconds']} s; "
-                f"server RSS {out['rss_mb_started']} MB at start, {out['rss_mb_warm']} MB after")
+            log(f"  cache {cache_size:,}, {distribution}: {warm:,} subjects read by batch decisions in "
+                f"{out['cache_warm_seconds']} s; server RSS {out['rss_mb_started']} MB at start, "
+                f"{out['rss_mb_warm']} MB after")
             rng = random.Random(args.seed + n)
             weighted = [(purpose, scopes) for weight, purpose, scopes in QUESTIONS for _ in range(weight)]
             answers: Counter[str] = Counter()
@@ -1477,45 +1487,48 @@ class Bench:
             out["answer_mix"] = dict(answers)
             log("  answers: " + ", ".join(f"{k} {100 * v / args.sample:.0f}%" for k, v in answers.most_common())
                 + f" (sample of {args.sample} single decisions)")
-        log(f"  decisions: {n:,} subjects, {args.connections} connections, {args.duration} s")
-        out["decisions"] = await self.run_wrk(f"scale-{n}-decisions", lua_decisions(scale_args, token),
-                                              "/v1/decisions", args.connections)
-        log(f"  latency: {n:,} subjects, {args.latency_connections} connections, {args.duration} s")
-        out["latency"] = await self.run_wrk(f"scale-{n}-latency", lua_decisions(scale_args, token),
-                                            "/v1/decisions", args.latency_connections)
+        tag = f"scale-{n}-{cache_size}-{distribution}"
+        script = lua_decisions(scale_args, token, distribution)
+        log(f"  decisions: {n:,} subjects, {distribution}, {args.connections} connections, {args.duration} s")
+        out["decisions"] = await self.run_wrk(f"{tag}-decisions", script, "/v1/decisions", args.connections)
+        log(f"  latency: {n:,} subjects, {distribution}, {args.latency_connections} connections, {args.duration} s")
+        out["latency"] = await self.run_wrk(f"{tag}-latency", script, "/v1/decisions", args.latency_connections)
         out["rss_mb"] = server.rss_mb()
-        log(f"  {n:,}: {fmt(out['decisions']['rps'])} decisions/s at {args.connections}, p99 "
+        log(f"  {n:,} (cache {cache_size:,}, {distribution}): {fmt(out['decisions']['rps'])} decisions/s at "
+            f"{args.connections}, p99 {fmt(out['decisions']['p99_ms'], 2)} ms there, p99 "
             f"{fmt(out['latency']['p99_ms'], 2)} ms at {args.latency_connections}; server RSS {out['rss_mb']} MB")
         return out
 
     async def bulk_seed(self, n: int, width: int) -> dict[str, Any]:
-        """N subjects x 10 consents as events, written with INSERT ... SELECT generate_series: every
-        subject grants its 10 (purpose, partner) choices in one request (stream versions 1-10, one
-        of them an objection for 10 %), later 20 % withdraw the acme marketing grant and 10 % the
-        first-party ad_sharing one. The events table's indexes are dropped for the load and built again."""
+        """N subjects x 10 consents as hash-chained events (bench/seed_scale.py), sent with COPY in
+        chunks, each chunk computed while the previous one is copied. The events table's indexes are
+        dropped for the load and built again."""
         args = self.args
-        metadata = json.dumps({"actor": f"admin:{hashlib.sha256(self.admin_key.encode()).hexdigest()[:12]}"})
+        actor = f"admin:{hashlib.sha256(self.admin_key.encode()).hexdigest()[:12]}"
         conn = await asyncpg.connect(self.database_dsn)
         timings: dict[str, float] = {}
         try:
             await conn.execute("SET work_mem = '256MB'; SET maintenance_work_mem = '1GB'")
-            base = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
-            step = 300 * 86400 / n  # sign-ups spread over 300 days, the last 100 days ago
+            base = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)  # the last sign-up 100 days ago
             began = time.monotonic()
             await conn.execute("""
                 ALTER TABLE events DROP CONSTRAINT pk_events, DROP CONSTRAINT uq_events_event_id,
                     DROP CONSTRAINT uq_events_stream_version;
                 DROP INDEX ix_events_transaction_id""")
-            grants, withdrawals = seed_sql(args.subject_prefix, width)
+            seeder = Seeder(args.subject_prefix, width, n, base, actor, EVIDENCE, args.seed)
             rows = 0
-            for first in range(0, n, args.scale_chunk):
-                last = min(n, first + args.scale_chunk)
-                status = await conn.execute(grants, first, last, base, step, metadata)
-                rows += int(status.split()[-1])
+            pending = None  # the COPY of the previous chunk runs while this one is computed
+            for first, last in chunks(0, n, args.scale_chunk):
+                batch = await asyncio.to_thread(lambda a=first, b=last: list(seeder.subjects(a, b)))
+                if pending is not None:
+                    rows += await pending
+                pending = asyncio.ensure_future(copy_rows(conn, batch))
                 if n > args.scale_chunk:
-                    log(f"  seed: {last:,} of {n:,} subjects, {rows:,} events, {time.monotonic() - began:.0f} s")
-            status = await conn.execute(withdrawals, 0, n, base, step, metadata)
-            withdrawn = int(status.split()[-1])
+                    log(f"  seed: {last:,} of {n:,} subjects computed, {rows:,} events copied, "
+                        f"{time.monotonic() - began:.0f} s")
+            if pending is not None:
+                rows += await pending
+            withdrawn = await copy_rows(conn, seeder.sorted_withdrawals())
             timings["insert"] = time.monotonic() - began
             began = time.monotonic()
             await conn.execute("""
@@ -1540,12 +1553,61 @@ class Bench:
         return {"events": rows + withdrawn, "grants_and_objections": rows, "withdrawals": withdrawn,
                 "seconds": round(total, 1), **{f"{k}_seconds": round(v, 1) for k, v in timings.items()}}
 
-    def rebuild(self) -> dict[str, Any]:
+    def audit_verify(self) -> dict[str, Any]:
+        """`consent audit verify` over the seeded log: it must pass, and how fast it walks."""
+        command = self.cli_command("audit", "verify")
+        began = time.monotonic()
+        done = subprocess.run(command, env=self.cli_env(), capture_output=True, text=True)
+        wall = time.monotonic() - began
+        text = done.stdout + done.stderr
+        found = re.search(r"(\d+) events in (\d+) streams and (\d+) checkpoints verified in ([\d.]+) s "
+                          r"\(([\d,]+) events/s\)", text)
+        if done.returncode != 0 or found is None or "the log is intact" not in text:
+            raise RuntimeError(f"consent audit verify failed ({done.returncode}):\n{text[-3000:]}")
+        log(f"  audit verify: {found.group(0)} ({wall:.1f} s with the process start)")
+        return {"events": int(found.group(1)), "streams": int(found.group(2)), "seconds": float(found.group(4)),
+                "events_per_s": int(found.group(5).replace(",", "")), "wall_seconds": round(wall, 1),
+                "output": found.group(0)}
+
+    def cli_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_")}
         env["CONSENT_DATABASE_URL"] = self.database_url
+        return env
+
+    @staticmethod
+    def cli_command(*words: str) -> list[str]:
         cli = Path(sys.executable).parent / "consent"
-        command = [str(cli), "projections", "rebuild"] if cli.exists() else [sys.executable, "-m", "consent.cli",
-                                                                               "projections", "rebuild"]
+        return [str(cli), *words] if cli.exists() else [sys.executable, "-m", "consent.cli", *words]
+
+    def checkpoint_backlog(self) -> dict[str, Any]:
+        """Checkpoint the bulk-seeded log, as a service writing it would have done every 10 s along the
+        way. Else the first server started catches up on millions of events while it is measured (its
+        checkpointer took most of a core through the 1,000,000-subject decision runs)."""
+        code = ("import asyncio, os, time\n"
+                "from consent.adapters.database import Database\n"
+                "from consent.adapters.log_checkpoints import write_checkpoint\n"
+                "from consent.adapters.sql_store import head_position\n"
+                "async def main():\n"
+                "    db = Database(os.environ['CONSENT_DATABASE_URL'])\n"
+                "    began, events = time.monotonic(), 0\n"
+                "    async with db.engine.connect() as conn:\n"
+                "        head = await head_position(conn)\n"
+                "        while (written := await write_checkpoint(conn, head)) is not None:\n"
+                "            await conn.commit()\n"
+                "            events += written.event_count\n"
+                "    await db.dispose()\n"
+                "    print(events, round(time.monotonic() - began, 1))\n"
+                "asyncio.run(main())\n")
+        done = subprocess.run([sys.executable, "-c", code], env=self.cli_env(), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"checkpointing the seeded log failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        events, seconds = done.stdout.split()
+        log(f"  checkpoints: {int(events):,} events checkpointed in {seconds} s before the servers start")
+        return {"events": int(events), "seconds": float(seconds)}
+
+    def rebuild(self) -> dict[str, Any]:
+        env = self.cli_env()
+        command = self.cli_command("projections", "rebuild")
         began = time.monotonic()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         wall = time.monotonic() - began
@@ -1758,7 +1820,8 @@ def extra_sections(bench: Bench) -> list[str]:
     if "lag" in runs:
         r = runs["lag"]
         errors = r["non_2xx"] + r["socket_errors"]
-        lines += ["", f"publish lag (lag): POST .../consents, 1 change, {r['connections']} connections, "
+        paced = f" paced near {r['write_rate_target']:g}/s" if r.get("write_rate_target") else ""
+        lines += ["", f"publish lag (lag): POST .../consents, 1 change, {r['connections']} connections{paced}, "
                       f"{r['seconds']:.0f} s, server with CONSENT_NATS_URL={args.nats}; service {r.get('service')}",
                   f"  stream {r['stream']}, plain nats-py subscriber in this process on {r['subject_filter']}",
                   f"  writes: {fmt(r['rps'])} req/s, p50 {fmt(r['p50_ms'], 2)} ms, p99 {fmt(r['p99_ms'], 2)} ms, "
@@ -1806,7 +1869,7 @@ def extra_sections(bench: Bench) -> list[str]:
         scale = runs["scale"]
         sizes = scale["sizes"]
         first = next(iter(sizes.values()))
-        lines += ["", f"scale (scale): 10 consents a subject bulk-seeded with SQL, read models by `consent projections "
+        lines += ["", f"scale (scale): 10 consents a subject bulk-seeded (COPY), read models by `consent projections "
                       f"rebuild`, subject cache {first['cache_size']:,}; decisions as {PARTNER} over random subjects"]
         header = (f"{'subjects':>10}{'events':>12}{'seed s':>8}{'rebuild/s':>11}{'rps@' + str(args.connections):>9}"
                   f"{'p99':>7}{'p50@' + str(args.latency_connections):>7}{'p99':>7}{'max':>7}{'err':>5}"
@@ -1973,15 +2036,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="probes of the propagation run, and as many with min_position (default %(default)s)")
     parser.add_argument("--propagation-connections", type=int, default=8,
                         help="wrk connections writing on server A during the propagation run (default %(default)s)")
+    parser.add_argument("--relay", choices=("inline", "process"), default=None,
+                        help="CONSENT_RELAY of the lag and propagation servers (default: unset, the service's default)")
+    parser.add_argument("--write-rate", type=float, default=None, metavar="PER_SECOND",
+                        help="lag and propagation: pace the write load near this many writes/s (wrk delay(), "
+                             "jittered) instead of as fast as the server answers; the achieved rate is reported")
     parser.add_argument("--scale-subjects", default="10000,1000000",
                         help="comma list of subject counts for the scale run (default %(default)s)")
-    parser.add_argument("--scale-cache-size", type=int, default=None,
-                        help="CONSENT_SUBJECT_CACHE_SIZE of the scale run's server (default: unset, the service's "
-                             "default of 100000)")
+    parser.add_argument("--scale-cache-size", default="100000",
+                        help="comma list of CONSENT_SUBJECT_CACHE_SIZE values: a server for each on every seeded "
+                             "size (default %(default)s, the service's default)")
+    parser.add_argument("--scale-distribution", default="uniform",
+                        help="comma list of how the decisions pick subjects: uniform, zipf (s = 1.1; the cache "
+                             "is then filled with the most asked subjects) (default %(default)s)")
+    parser.add_argument("--scale-verify", action="store_true",
+                        help="scale: time `consent audit verify` over each seeded log (it must pass)")
     parser.add_argument("--scale-skip-analyze", action="store_true",
                         help="scale run: do not ANALYZE subjects and consents after the rebuild (which does not)")
-    parser.add_argument("--scale-chunk", type=int, default=100_000,
-                        help="subjects a seeding statement in the scale run (default %(default)s)")
+    parser.add_argument("--scale-skip-checkpoints", action="store_true",
+                        help="scale run: leave the seeded log uncheckpointed (the first server then catches up)")
+    parser.add_argument("--scale-chunk", type=int, default=20_000,
+                        help="subjects a COPY in the scale run's seeder (default %(default)s)")
     parser.add_argument("--sample", type=int, default=300, help="single decisions sampled over HTTP to show the "
                                                                 "answer mix (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the workload (default %(default)s)")
@@ -2004,8 +2079,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      f"not with --url")
     try:
         args.scale_subjects = sorted({int(x.replace("_", "")) for x in args.scale_subjects.split(",") if x.strip()})
+        args.scale_cache_size = [int(x.replace("_", "")) for x in args.scale_cache_size.split(",") if x.strip()]
     except ValueError:
         parser.error("--scale-subjects takes a comma list of numbers")
+    args.scale_distribution = [x.strip() for x in args.scale_distribution.split(",") if x.strip()]
+    if not set(args.scale_distribution) <= {"uniform", "zipf"} or not args.scale_distribution:
+        parser.error("--scale-distribution takes a comma list of uniform, zipf")
+    if not args.scale_cache_size or min(args.scale_cache_size) < 1:
+        parser.error("--scale-cache-size takes a comma list of positive numbers")
     if not args.scale_subjects or min(args.scale_subjects) < 1 or args.scale_chunk < 1:
         parser.error("--scale-subjects and --scale-chunk must be positive")
     if args.propagation_samples < 1 or args.propagation_connections < 1:

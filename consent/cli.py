@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--migrate", action="store_true", help="upgrade the database schema first")
     serve.add_argument("--workers", type=int, default=1)
 
+    relay = commands.add_parser("relay", help="run only the outbox relay to NATS (one of several publishes)")
+    relay.add_argument("--report", action="store_true",
+                       help="write the relay's state as JSON lines on stdout and stop with the parent process "
+                            "(how `consent serve` runs it with CONSENT_RELAY=process)")
+
     db = commands.add_parser("db", help="database schema migrations")
     db.add_argument("action", choices=["upgrade", "downgrade"])
     db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
@@ -58,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             migrate.downgrade(settings.database_url, args.revision or "base")
         return 0
+
+    if args.command == "relay":
+        from consent.adapters.relay_process import run_relay
+
+        return asyncio.run(run_relay(settings, report=args.report))
 
     if args.command == "projections":
         return asyncio.run(_rebuild(settings))
@@ -118,45 +128,37 @@ async def _rewrap(settings: Settings, batch: int) -> int:
     return 0 if report.unreadable == 0 else 1
 
 
-async def _rebuild(settings: Settings) -> int:
+async def _over_the_log(settings: Settings, label: str, walk):
+    """Run `walk(database, progress)` over the whole log with a progress bar; its report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from consent.adapters.database import Database
-    from consent.adapters.rebuild import rebuild_projections
     from consent.adapters.sql_store import head_position
 
     database = Database(settings.database_url)
     try:
         async with database.reading() as conn:
             total = await head_position(conn)
-        columns = (TextColumn("rebuilding read models"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns) as bar:
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
             task = bar.add_task("events", total=total)
-            report = await rebuild_projections(database, lambda n: bar.advance(task, n))
+            return await walk(database, lambda n: bar.advance(task, n))
     finally:
         await database.dispose()
+
+
+async def _rebuild(settings: Settings) -> int:
+    from consent.adapters.rebuild import rebuild_projections
+
+    report = await _over_the_log(settings, "rebuilding read models", rebuild_projections)
     print(f"{report.events} events in {report.streams} streams replayed in {report.seconds:.1f} s "
           f"({report.events_per_second:,.0f} events/s); {report.caught_up_streams} streams caught up at the swap")
     return 0
 
 
 async def _verify(settings: Settings) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from consent.adapters.database import Database
     from consent.adapters.log_verify import verify_log
-    from consent.adapters.sql_store import head_position
 
-    database = Database(settings.database_url)
-    try:
-        async with database.reading() as conn:
-            total = await head_position(conn)
-        columns = (TextColumn("verifying the log"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns) as bar:
-            task = bar.add_task("events", total=total)
-            report = await verify_log(database, lambda n: bar.advance(task, n))
-    finally:
-        await database.dispose()
+    report = await _over_the_log(settings, "verifying the log", verify_log)
     print(f"{report.events} events in {report.streams} streams and {report.checkpoints} checkpoints verified "
           f"in {report.seconds:.1f} s ({report.events_per_second:,.0f} events/s)")
     if report.broken is None:

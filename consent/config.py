@@ -29,6 +29,9 @@ class Settings(Struct, frozen=True):
     # POST /v1/decisions answered by a thin ASGI layer (consent/api/fast_decisions.py).
     fast_decisions: bool = True
     nats_stream: str = "CONSENT"
+    # Where the outbox relay runs: "inline" (this process's event loop), "process" (a child process
+    # that `consent serve` supervises) or "off" (none here: run `consent relay` apart).
+    relay: str = "inline"
     # Subjects a partner in the sandbox may ask about: test data only.
     sandbox_subject_prefix: str = "sandbox-"
     # /health/ready fails while this process's feed is more events than this behind the log.
@@ -76,6 +79,8 @@ class Settings(Struct, frozen=True):
         for origin in self.cors_origins:
             if not _ORIGIN.fullmatch(origin):
                 raise ValueError(f"CONSENT_CORS_ORIGINS: {origin!r} is not an exact origin like https://app.example")
+        if self.relay not in ("inline", "process", "off"):
+            raise ValueError(f"CONSENT_RELAY must be inline, process or off, not {self.relay!r}")
         if self.max_body_bytes < 1 or self.user_token_leeway < 0:
             raise ValueError("CONSENT_MAX_BODY_BYTES must be positive and CONSENT_USER_TOKEN_LEEWAY not negative")
         if self.pseudonym_key is not None and len(self.pseudonym_key) < MIN_KEY_LENGTH:
@@ -105,6 +110,7 @@ class Settings(Struct, frozen=True):
             subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
             fast_decisions=env.get("CONSENT_FAST_DECISIONS", "1") != "0",
             nats_stream=env.get("CONSENT_NATS_STREAM", "CONSENT"),
+            relay=env.get("CONSENT_RELAY") or "inline",
             sandbox_subject_prefix=env.get("CONSENT_SANDBOX_SUBJECT_PREFIX", "sandbox-"),
             pseudonym_key=env.get("CONSENT_PSEUDONYM_KEY") or None,
             ready_max_lag=int(env.get("CONSENT_READY_MAX_LAG", "1000")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -11,6 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 _json_encode = msgspec.json.Encoder().encode
+# aiosqlite's DEBUG lines quote every statement with its parameters (personal data): never wanted.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def _json_serializer(value: object) -> str:
@@ -21,7 +24,9 @@ class Database:
     def __init__(self, url: str, pool_size: int = 32) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        options: dict = {"json_serializer": _json_serializer, "json_deserializer": msgspec.json.decode}
+        # Statement parameters carry personal data: never in SQLAlchemy's log lines or error messages.
+        options: dict = {"json_serializer": _json_serializer, "json_deserializer": msgspec.json.decode,
+                         "hide_parameters": True}
         if self.is_sqlite:
             options["connect_args"] = {"timeout": 30}
         else:

@@ -36,6 +36,7 @@ log = logging.getLogger("consent.checkpoints")
 
 LOCK_KEY = 0x636B7074  # "ckpt"; the relay's lock is another key
 MAX_EVENTS = 50_000  # per checkpoint, so that one tick stays short while a backlog is caught up
+PAGE = 2_000  # rows fetched (and hashed) between two turns of the event loop
 
 _HORIZON = sa.text("""
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
@@ -70,15 +71,25 @@ async def write_checkpoint(conn: AsyncConnection, up_to: int) -> Checkpoint | No
     after, previous_hash = (previous.up_to_position, previous.hash) if previous else (0, GENESIS)
     if up_to <= after:
         return None
-    rows = (await conn.execute(
-        sa.select(events.c.position, events.c.hash)
-        .where(events.c.position > after, events.c.position <= up_to)
-        .order_by(events.c.position).limit(MAX_EVENTS))).all()
-    if len(rows) == MAX_EVENTS:
-        up_to = rows[-1].position
     digest = CheckpointDigest(previous_hash)
-    for row in rows:
-        digest.add(row.position, row.hash)
+    last = after
+    # In pages, each fetched with an await: a backlog's 50,000 rows read and hashed at once held the
+    # event loop for a tenth of a second or more, and every request waited (decisions' p99 with it).
+    query = (sa.select(events.c.position, events.c.hash)
+             .where(events.c.position > after, events.c.position <= up_to)
+             .order_by(events.c.position).limit(MAX_EVENTS))
+    if conn.dialect.name == "postgresql":
+        result = await conn.stream(query.execution_options(yield_per=PAGE))
+        async for page in result.partitions(PAGE):
+            for position, hash_ in page:
+                digest.add(position, hash_)
+            last = page[-1][0]
+    else:
+        for position, hash_ in (await conn.execute(query)).all():
+            digest.add(position, hash_)
+            last = position
+    if digest.count == MAX_EVENTS:
+        up_to = last
     checkpoint = Checkpoint(up_to, digest.count, digest.hash())
     await conn.execute(sa.insert(event_checkpoints).values(
         up_to_position=checkpoint.up_to_position, event_count=checkpoint.event_count, hash=checkpoint.hash,

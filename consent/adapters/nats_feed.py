@@ -20,7 +20,7 @@ from nats.js.api import DeliverPolicy
 from consent.adapters.cloudevents import TYPE_PREFIX
 from consent.adapters.nats_relay import ensure_stream
 from consent.app.ports import RecordedEvent
-from consent.app.services import CATALOG_STREAMS
+from consent.domain.catalog import CATALOG_STREAMS
 from consent.domain.events import event_from_data
 
 log = logging.getLogger("consent.feed")

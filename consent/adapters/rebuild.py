@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from consent.adapters.database import Database
 from consent.adapters.sql_store import catalog_row, consent_row, subject_row
 from consent.adapters.tables import consents, events, partners, purposes, scopes, subjects
-from consent.domain.catalog import Catalog
+from consent.domain.catalog import CATALOG_STREAMS, Catalog
 from consent.domain.events import event_from_data, without_personal
 from consent.domain.subject import SubjectConsents
 
@@ -105,6 +105,8 @@ async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | 
     await flush_subject()
     for stream_id, version in catalog_versions.items():
         kind, ident = stream_id.split(":", 1)
+        if kind not in CATALOG_STREAMS:
+            continue  # access and audit streams: no read model here
         table, row = catalog_row(getattr(catalog, f"{kind}s")[ident], version)
         await writer.add(table, row)
     await writer.flush()

@@ -11,6 +11,7 @@ from typing import Annotated
 from litestar import Litestar
 from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
 from litestar.params import HeaderParameter
@@ -23,6 +24,7 @@ from consent.adapters.memory_bus import InProcessBus
 from consent.adapters.nats_feed import NatsFeed
 from consent.adapters.nats_relay import Relay
 from consent.adapters.receipt_keys import load_or_generate
+from consent.adapters.relay_process import RelayChild, relay_env
 from consent.adapters.sql_credentials import SqlCredentialStore
 from consent.adapters.sql_pseudonyms import SqlPseudonyms
 from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_catalog
@@ -73,7 +75,7 @@ class Container:
         self.clock = clock
         self.database = Database(settings.database_url)
         self.bus = InProcessBus()
-        self.relay: Relay | None = None
+        self.relay: Relay | RelayChild | None = None
         self.feed: NatsFeed | None = None
 
     async def start(self) -> None:
@@ -150,7 +152,10 @@ class Container:
         self.checkpointer = Checkpointer(self.database, settings.checkpoint_interval)
         if settings.checkpoint_interval > 0:
             await self.checkpointer.start()
-        if settings.nats_url is not None:
+        if settings.nats_url is not None and settings.relay == "process":
+            self.relay = RelayChild(relay_env(settings))
+            await self.relay.start()
+        elif settings.nats_url is not None and settings.relay == "inline":
             self.relay = Relay(self.database, settings.nats_url, settings.event_source, settings.nats_stream,
                                settings.nats_subject_prefix)
 
@@ -192,7 +197,10 @@ class Container:
         if self.relay is not None:
             checks["nats"] = self.relay.connected
             details["relay"] = {"leader": self.relay.is_leader,
-                                "published_position": self.relay.published_position}
+                                "published_position": self.relay.published_position,
+                                "mode": self.settings.relay}
+            if isinstance(self.relay, RelayChild):
+                details["relay"].update(pid=self.relay.pid, starts=self.relay.starts)
         return checks, details
 
 
@@ -245,6 +253,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             }),
             security=[{"bearer": []}],
         ),
+        # Leave the root logger to whoever runs the app (`consent serve`, a test, a host's own setup):
+        # Litestar's default replaces the root's handlers, and with them any that audit the log lines.
+        logging_config=LoggingConfig(configure_root_logger=False),
         request_max_body_size=container.settings.max_body_bytes,  # 413 payload_too_large beyond
         cors_config=cors_config(container.settings.cors_origins),
         # Answers carry personal data or credentials: no cache may keep them.

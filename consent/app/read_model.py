@@ -1,6 +1,8 @@
 """What decisions read: subjects' consent states, cached in memory and kept current by the event feed.
 
-The cache is bounded (least recently used out first). Every committed event reaches
+The cache is bounded (least recently used out first) and holds states packed small
+(consent/app/packed_state.py), so that its size, not the number of subjects, sets a replica's
+memory, at about 0.8 KB a subject. Every committed event reaches
 `apply`, which folds it into a cached state of the previous version or drops the
 entry, so a cached state is never older than the feed; `position` is how far the
 feed has been applied.
@@ -16,6 +18,7 @@ from typing import Protocol
 
 import msgspec
 
+from consent.app.packed_state import pack, packed_version, unpack, unpack_for_reading
 from consent.app.ports import RecordedEvent
 from consent.domain.subject import SubjectConsents
 
@@ -44,7 +47,7 @@ class SubjectCache:
         # (pairwise partner, pseudonym) -> subject id: a mapping never changes, so it is never dropped
         # for staleness, only for space (least recently used out first).
         self._subject_of: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._states: OrderedDict[str, SubjectConsents] = OrderedDict()
+        self._states: OrderedDict[str, bytes] = OrderedDict()  # subject id -> packed state
         # The latest stream version the feed has shown for recently written subjects, so that
         # a state read from the database while a newer event was applied is not cached.
         self._recent_versions: OrderedDict[str, int] = OrderedDict()
@@ -80,12 +83,12 @@ class SubjectCache:
         found: dict[str, SubjectConsents] = {}
         missing: list[str] = []
         for subject_id in dict.fromkeys(subject_ids):
-            state = None if fresh else self._states.get(subject_id)
-            if state is None:
+            packed = None if fresh else self._states.get(subject_id)
+            if packed is None:
                 missing.append(subject_id)
             else:
                 self._states.move_to_end(subject_id)
-                found[subject_id] = state
+                found[subject_id] = unpack_for_reading(subject_id, packed)
         if missing:
             loaded = await self._load(missing)
             for subject_id, state in loaded.items():
@@ -174,9 +177,9 @@ class SubjectCache:
 
     def _newest(self, loaded: SubjectConsents, fresh: bool) -> SubjectConsents:
         """A state read with its mapping: cached like any other read, unless the cache holds a newer one."""
-        cached = None if fresh else self._states.get(loaded.subject_id)
-        if cached is not None and cached.version >= loaded.version:
-            return cached
+        packed = None if fresh else self._states.get(loaded.subject_id)
+        if packed is not None and packed_version(packed) >= loaded.version:
+            return unpack_for_reading(loaded.subject_id, packed)
         if self._recent_versions.get(loaded.subject_id, 0) <= loaded.version:
             self._put(loaded)
         return loaded
@@ -223,19 +226,22 @@ class SubjectCache:
             self._recent_versions.move_to_end(subject_id)
             if len(self._recent_versions) > RECENT_LIMIT:
                 self._recent_versions.popitem(last=False)
-            state = self._states.get(subject_id)
-            if state is None:
+            packed = self._states.get(subject_id)
+            if packed is None:
                 continue
-            if state.version >= item.stream_version:
+            version = packed_version(packed)
+            if version >= item.stream_version:
                 continue  # seen already: this process wrote it, or the feed repeats itself
-            if state.version == item.stream_version - 1 and item.event is not None:
+            if version == item.stream_version - 1 and item.event is not None:
+                state = unpack(subject_id, packed)
                 state.apply(item.event)
                 state.position = item.position
+                self._states[subject_id] = pack(state)  # in place: a change is not a use
             else:
                 del self._states[subject_id]
 
     def _put(self, state: SubjectConsents) -> None:
-        self._states[state.subject_id] = state
+        self._states[state.subject_id] = pack(state)
         self._states.move_to_end(state.subject_id)
         while len(self._states) > self._capacity:
             self._states.popitem(last=False)

@@ -22,7 +22,7 @@ from consent.app.views import (
     subject_view,
 )
 from consent.domain import catalog as cat
-from consent.domain.catalog import Catalog, Partner, Purpose, Scope
+from consent.domain.catalog import CATALOG_STREAMS, Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, NotFound, VersionConflict
 from consent.domain.events import (
     Event,
@@ -46,7 +46,6 @@ T = TypeVar("T")
 Entity = TypeVar("Entity", Purpose, Scope, Partner)
 PartnerCommand = Literal["suspend", "reinstate", "terminate"]
 
-CATALOG_STREAMS = ("purpose", "scope", "partner")
 # A command without If-Match that loses a race is re-run on fresh state this many times.
 ATTEMPTS = 3
 

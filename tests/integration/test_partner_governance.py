@@ -250,3 +250,26 @@ async def test_the_openapi_scopes_are_the_ones_enforced(governed):
                 assert lacking == (scope not in needed[0]), f"{method} {path} with {scope}: {answer.status_code}"
             checked += 1
     assert checked == 8  # decisions, batch, permissions, and five catalog reads
+
+
+async def test_secrets_are_compared_in_constant_time(governed, monkeypatch):
+    """Admin keys through hmac.compare_digest, client secrets through argon2's verify (constant time by design)."""
+    import hmac
+
+    import consent.api.auth as auth
+    import consent.app.partner_access as partner_access
+
+    compared, verified = [], []
+    real_compare = hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: compared.append(1) or real_compare(a, b))
+    real_verify = partner_access._verify  # argon2's PasswordHasher.verify, for a known or a dummy hash
+    monkeypatch.setattr(partner_access, "_verify", lambda h, s: verified.append(1) or real_verify(h, s))
+    await setup_catalog(governed)
+    assert compared, "the admin key was not compared with hmac.compare_digest"
+    issued = await credential(governed)
+    await token(governed, issued)
+    wrong = await governed.post("/v1/oauth/token", data={
+        "grant_type": "client_credentials", "client_id": "cl_unknown", "client_secret": "guess"})
+    assert wrong.status_code == 401
+    # Known and unknown clients alike go through one argon2 verification: no timing tells them apart.
+    assert len(verified) == 2

@@ -47,6 +47,12 @@ async def build_history(client) -> None:
         if n % 2:
             await client.post(f"/v1/subjects/s-{n}/consents", headers=ADMIN, json={
                 "changes": [{"purpose": "marketing", "partner": "acme", "action": "withdraw", "scopes": ["orders"]}]})
+    # Streams without a read model of their own: a credential, a revoked token, an admin's read.
+    credential = (await client.post("/v1/partners/acme/credentials", headers=ADMIN)).json()
+    form = {"client_id": credential["client_id"], "client_secret": credential["client_secret"]}
+    issued = (await client.post("/v1/oauth/token", data={"grant_type": "client_credentials", **form})).json()
+    assert (await client.post("/v1/oauth/revoke", data={**form, "token": issued["access_token"]})).status_code == 200
+    assert (await client.get("/v1/subjects/s-1/history", headers=ADMIN)).status_code == 200
 
 
 async def test_rebuilt_read_models_equal_the_live_ones(client, database_url):
@@ -68,7 +74,7 @@ async def test_rebuilt_read_models_equal_the_live_ones(client, database_url):
     finally:
         await database.dispose()
     assert await snapshot(database_url) == live
-    assert report.streams == 25 + 3 + 2 + 1  # subjects, scopes, purposes, partner
+    assert report.streams == 25 + 3 + 2 + 1 + 3  # subjects, scopes, purposes, partner, credential, token, audit
     assert report.events > 40
 
 

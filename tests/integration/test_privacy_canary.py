@@ -1,0 +1,124 @@
+"""No personal data where it does not belong (issue 7): canaries planted in a full flow must not surface.
+
+A canary subject (known to its partner only by a pairwise pseudonym), a canary email, IP address, user agent
+and note in the evidence, and the canary credentials and tokens themselves go through every feature; then every
+log line, every NATS message and the metrics are searched. The subject id may appear on NATS only where the
+contract addresses the subject itself (first-party events: here the erasure), never with the pairwise partner.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from consent.api.app import create_app
+from consent.config import Settings
+from tests.conftest import ADMIN, ADMIN_KEY, MASTER_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables, user_headers
+from tests.integration.test_events_nats import stream_messages
+
+SUBJECT = "canary-subject-3b9e1f"
+EMAIL, IP, AGENT, NOTE = "canary.person@example.org", "203.0.113.77", "CanaryAgent/9.1", "canary-note-51c2"
+PSEUDONYM_KEY = "canary-test-pseudonym-key-0123456789abcdef"
+# The test's own HTTP client logs the URLs it requests: the caller's log, not the service's
+# (`consent serve` runs uvicorn without an access log, which would show subject ids in paths).
+CALLER_LOGGERS = ("httpx", "httpcore")
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(CALLER_LOGGERS):
+            return
+        self.lines.append(logging.Formatter("%(name)s %(levelname)s %(message)s %(exc_text)s").format(record))
+
+
+@pytest.fixture
+def log_lines():
+    handler = _Lines()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler.lines
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats_names, log_lines):
+    await empty_tables(postgresql_url)
+    stream, prefix = nats_names
+    settings = Settings(database_url=postgresql_url, nats_url=NATS_URL, admin_keys=(ADMIN_KEY,),
+                        user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix,
+                        master_key=MASTER_KEY, pseudonym_key=PSEUDONYM_KEY)
+    user = user_headers(SUBJECT)
+    async with AsyncTestClient(create_app(settings)) as client:
+        await client.put("/v1/scopes/orders", headers=ADMIN, json={"title": "O", "description": "",
+                                                                   "sensitivity": "high"})
+        await client.put("/v1/purposes/marketing", headers=ADMIN, json={
+            "title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"})
+        assert (await client.put("/v1/partners/acme", headers=ADMIN, json={
+            "name": "Acme", "status": "active", "data_uses": {"marketing": ["orders"]},
+            "identifiers": "pairwise"})).status_code == 201
+
+        # The subject grants to the pairwise partner, with personal evidence.
+        granted = await client.post(f"/v1/subjects/{SUBJECT}/consents", headers=user, json={
+            "changes": [{"purpose": "marketing", "partner": "acme", "action": "grant"}], "source": "web",
+            "evidence": {"collection_point": "signup", "text_shown": f"Sent to {EMAIL}", "user_note": NOTE,
+                         "ip_address": IP, "user_agent": AGENT}})
+        assert granted.status_code == 200, granted.text
+        pseudonym = (await client.get(f"/v1/subjects/{SUBJECT}/pseudonyms/acme", headers=user)).json()["pseudonym"]
+
+        # The partner: credential, token, decisions and permissions by pseudonym, then revocation.
+        credential = (await client.post("/v1/partners/acme/credentials", headers=ADMIN)).json()
+        issued = (await client.post("/v1/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": credential["client_id"],
+            "client_secret": credential["client_secret"]})).json()
+        partner = {"Authorization": f"Bearer {issued['access_token']}"}
+        question = {"subject_id": pseudonym, "purpose": "marketing", "scopes": ["orders"]}
+        decided = await client.post("/v1/decisions", headers=partner, json=question)
+        assert decided.json()["decision"] == "permit"
+        assert SUBJECT not in decided.text
+        batch = await client.post("/v1/decisions/batch", headers=partner, json={"items": [question]})
+        assert SUBJECT not in batch.text
+        assert SUBJECT not in (await client.get(f"/v1/subjects/{pseudonym}/permissions", headers=partner)).text
+        await client.post("/v1/oauth/revoke", data={"client_id": credential["client_id"],
+                                                   "client_secret": credential["client_secret"],
+                                                   "token": issued["access_token"]})
+        assert (await client.post("/v1/decisions", headers=partner, json=question)).status_code == 401
+
+        # The subject and an admin read, export and audit; a bad request that quotes the canaries; the erasure.
+        history = (await client.get(f"/v1/subjects/{SUBJECT}/history", headers=user)).text
+        assert EMAIL in history and IP in history  # the subject sees its own evidence
+        assert (await client.get(f"/v1/subjects/{SUBJECT}/history", headers=ADMIN)).status_code == 200
+        assert (await client.get(f"/v1/subjects/{SUBJECT}/export", headers=user)).status_code == 200
+        assert (await client.get("/v1/audit", headers=ADMIN)).status_code == 200
+        refused = await client.post(f"/v1/subjects/{SUBJECT}/consents", headers=user, json={
+            "changes": [{"purpose": EMAIL, "action": "grant"}], "evidence": {"ip_address": IP}})
+        assert refused.status_code == 422
+        assert (await client.post(f"/v1/subjects/{SUBJECT}/erase", headers=user)).status_code == 200
+        after = (await client.get(f"/v1/subjects/{SUBJECT}/history", headers=user)).text
+        assert EMAIL not in after and IP not in after and "[erased]" in after
+
+        metrics = (await client.get("/metrics")).text
+        messages = await stream_messages(stream, prefix, expected=5)
+
+    secrets = (credential["client_secret"], issued["access_token"], user["Authorization"].split()[1],
+               ADMIN_KEY, MASTER_KEY, PSEUDONYM_KEY)
+    personal = (SUBJECT, EMAIL, IP, AGENT, NOTE)
+
+    leaking = [line for line in log_lines if any(canary in line for canary in (*personal, *secrets))]
+    assert log_lines and not leaking, leaking[:3]
+    assert not any(canary in metrics for canary in (*personal, *secrets, pseudonym))
+
+    by_type = {message.subject.removeprefix(prefix + "."): message.data.decode() for message in messages}
+    assert set(by_type) >= {"subject.granted.marketing.acme", "subject.erased._._"}
+    for subject, payload in by_type.items():
+        assert not any(canary in payload for canary in (EMAIL, IP, AGENT, NOTE, *secrets)), subject
+        # The subject's own id only where the contract addresses the subject itself, never with the partner.
+        assert (SUBJECT in payload) == (subject == "subject.erased._._"), subject
+    assert pseudonym in by_type["subject.granted.marketing.acme"]
