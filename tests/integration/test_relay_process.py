@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -148,8 +149,19 @@ async def test_with_relay_off_a_separate_consent_relay_publishes(postgresql_url,
         # Two relays: the lock lets one publish; the events arrive once.
         relays = [subprocess.Popen([sys.executable, "-m", "consent.cli", "relay"], env=env) for _ in range(2)]
         assert_exactly_once(await stream_messages(stream, prefix, expected=len(logged), timeout=20), logged)
+        # The follower may still be starting on a busy machine: stop both only once they handle SIGTERM.
+        await wait_until(lambda: _all_handle_sigterm(relays), timeout=20, what="both relays to handle SIGTERM")
     finally:
         for process in [*relays, service]:
             process.terminate()
             process.wait(timeout=15)
     assert all(process.returncode == 0 for process in relays)  # SIGTERM is a clean stop
+
+
+async def _all_handle_sigterm(processes: list[subprocess.Popen]) -> bool:
+    """Linux: bit 15 of SigCgt in /proc/<pid>/status says the process has a SIGTERM handler."""
+    def handles(pid: int) -> bool:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+    return all(handles(process.pid) for process in processes)
