@@ -89,6 +89,17 @@ async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def scratch_url(request, tmp_path):
+    """An empty database of its own on each backend, for migration tests."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
+    else:
+        url = await create_postgres_database()
+        yield url
+        await drop_postgres_database(url)
+
+
 async def empty_tables(url: str) -> None:
     engine = create_async_engine(url)
     try:

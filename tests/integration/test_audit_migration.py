@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -17,7 +16,6 @@ from consent.adapters.log_verify import verify_log
 from consent.adapters.sql_store import SqlUnitOfWork
 from consent.domain.catalog import Scope
 from consent.domain.events import ScopeDefined
-from tests.conftest import create_postgres_database, drop_postgres_database
 
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 # The events table as revision 0004 has it: no hash.
@@ -25,16 +23,6 @@ EVENTS_AT_0004 = sa.table("events", sa.column("event_id", sa.Uuid()), sa.column(
                           sa.column("stream_version", sa.Integer()), sa.column("type", sa.String()),
                           sa.column("data", Json), sa.column("metadata", Json),
                           sa.column("recorded_at", sa.DateTime(timezone=True)))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def scratch_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
-    else:
-        url = await create_postgres_database()
-        yield url
-        await drop_postgres_database(url)
 
 
 def old_events() -> list[dict]:

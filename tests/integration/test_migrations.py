@@ -2,7 +2,6 @@
 
 import asyncio
 
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -10,17 +9,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from consent.adapters import migrate
 from consent.adapters.tables import metadata
-from tests.conftest import create_postgres_database, drop_postgres_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def scratch_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
-    else:
-        url = await create_postgres_database()
-        yield url
-        await drop_postgres_database(url)
 
 
 async def tables_and_diff(url: str) -> tuple[set[str], list]:
