@@ -166,11 +166,18 @@ class Container:
             await self.relay.start()
 
     async def stop(self) -> None:
-        # Also after a start that failed half-way: stop what was started, then let the failure show.
-        for part in (getattr(self, "scheduler", None), getattr(self, "checkpointer", None), self.feed, self.relay):
-            if part is not None:
-                await part.stop()
-        await self.database.dispose()
+        # Also after a start that failed half-way: stop what was started. One part failing to stop
+        # must not leave the others running or the pool open.
+        try:
+            for part in (getattr(self, "scheduler", None), getattr(self, "checkpointer", None), self.feed,
+                         self.relay):
+                if part is not None:
+                    try:
+                        await part.stop()
+                    except Exception as error:  # noqa: BLE001 - logged by type; the rest still stops
+                        log.warning("%s did not stop cleanly (%s)", type(part).__name__, type(error).__name__)
+        finally:
+            await self.database.dispose()
 
     def metrics(self) -> dict:
         facts: dict = {"position": self.subjects.position, "cache_entries": len(self.subjects),

@@ -34,9 +34,11 @@ class ReceiptController(Controller):
     @get("/receipts/{event_id:uuid}", responses=ERRORS,
          summary="The signed receipt of one of the subject's consent events (the subject, or admin)")
     async def receipt(self, subject_id: FromPath[str], event_id: FromPath[UUID], principal: Caller,
-                      records: Records) -> ReceiptView:
+                      records: Records, service: Service) -> ReceiptView:
         require_subject_access(principal, subject_id)
         check_subject(subject_id)
+        if principal.kind == "admin":  # a receipt is part of the history: an admin's read is audited
+            await service.record_history_read(subject_id, principal.actor)
         return await records.receipt(subject_id, event_id)
 
     @get("/export", responses=ERRORS,

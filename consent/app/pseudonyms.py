@@ -42,8 +42,8 @@ class PseudonymService:
         if self._key is None:
             raise key_missing()
         issued = pseudonym(self._key, partner_id, subject_id)
-        if self._subjects.subject_of(partner_id, issued) is None:
-            # Recorded before it is handed out: the partner may ask about it at once.
-            await self._store.record(partner_id, issued, subject_id)
-            self._subjects.remember_pseudonym(partner_id, issued, subject_id)
+        # Recorded (again: erasure deletes mappings, and another process may have erased) before it is
+        # handed out, so that the partner may ask about it at once.
+        await self._store.record(partner_id, issued, subject_id)
+        self._subjects.remember_pseudonym(partner_id, issued, subject_id)
         return PseudonymView(subject_id=subject_id, partner_id=partner_id, pseudonym=issued)

@@ -20,6 +20,7 @@ import msgspec
 
 from consent.app.packed_state import pack, packed_version, unpack, unpack_for_reading
 from consent.app.ports import RecordedEvent
+from consent.domain.events import SubjectErased
 from consent.domain.subject import SubjectConsents
 
 SUBJECT_PREFIX = "subject:"
@@ -208,6 +209,11 @@ class SubjectCache:
             return msgspec.structs.replace(item, stream_id="unresolved:", pseudonym=None)
         return msgspec.structs.replace(item, stream_id=SUBJECT_PREFIX + subject_id, pseudonym=None)
 
+    def _forget_pseudonyms_of(self, subject_id: str) -> None:
+        """Erasure deletes the subject's pseudonym mappings in the database: so here (rare, so a scan)."""
+        for key in [key for key, subject in self._subject_of.items() if subject == subject_id]:
+            del self._subject_of[key]
+
     async def database_head(self) -> int:
         """The log's head as the database has it (the feed may not have applied it yet)."""
         return await self._reader.head_position()
@@ -222,6 +228,8 @@ class SubjectCache:
             if not item.stream_id.startswith(SUBJECT_PREFIX):
                 continue
             subject_id = item.stream_id[len(SUBJECT_PREFIX):]
+            if isinstance(item.event, SubjectErased):
+                self._forget_pseudonyms_of(subject_id)
             self._recent_versions[subject_id] = item.stream_version
             self._recent_versions.move_to_end(subject_id)
             if len(self._recent_versions) > RECENT_LIMIT:

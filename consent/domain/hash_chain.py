@@ -8,7 +8,7 @@ them), the zone of a timestamp, or whether an integral number comes back as 1.0 
 (jsonb keeps numbers as `numeric`, so 1e20 returns as an int).
 
 `position` and `transaction_id` are assigned by the database and left out; checkpoints over
-the global sequence cover positions (see `checkpoint_hash`).
+the global sequence cover positions (see `CheckpointDigest`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 import msgspec
 
 GENESIS = bytes(32)
-HASH_SIZE = 32
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 

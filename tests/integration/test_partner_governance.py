@@ -273,3 +273,16 @@ async def test_secrets_are_compared_in_constant_time(governed, monkeypatch):
     assert wrong.status_code == 401
     # Known and unknown clients alike go through one argon2 verification: no timing tells them apart.
     assert len(verified) == 2
+
+
+async def test_an_admin_reading_a_receipt_or_export_is_audited_and_the_subject_is_not(governed):
+    await setup_catalog(governed)
+    change = await governed.post("/v1/subjects/u-7/consents", headers=user_headers("u-7"), json={
+        "changes": [{"purpose": "marketing", "action": "grant"}]})
+    event_id = change.json()["receipts"][0]["event_id"]
+    for headers in (user_headers("u-7"), ADMIN):
+        assert (await governed.get(f"/v1/subjects/u-7/receipts/{event_id}", headers=headers)).status_code == 200
+        assert (await governed.get("/v1/subjects/u-7/export", headers=headers)).status_code == 200
+    reads = [e for e in (await governed.get("/v1/audit", headers=ADMIN)).json()["events"]
+             if e["type"] == "audit.subject_history_read"]
+    assert [(e["data"]["subject_id"], e["actor"]) for e in reads] == [("u-7", f"admin:{key_id(ADMIN_KEY)}")] * 2

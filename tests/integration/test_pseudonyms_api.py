@@ -137,6 +137,30 @@ async def test_a_grant_records_the_mapping_so_the_partner_can_ask_at_once(client
     assert answer.json()["decision"] == "permit"
 
 
+async def mappings(database_url: str) -> list[tuple[str, str, str]]:
+    engine = sa.ext.asyncio.create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(
+                sa.select(pseudonyms.c.partner_id, pseudonyms.c.pseudonym, pseudonyms.c.subject_id))).all()]
+    finally:
+        await engine.dispose()
+
+
+async def test_after_an_erasure_the_pseudonym_issued_again_is_recorded_again(client, database_url):
+    await setup_catalog(client)
+    await make_pairwise(client)
+    first = await issued(client, REAL, "acme")
+    assert await mappings(database_url) == [("acme", first, REAL)]
+    assert (await client.post(f"/v1/subjects/{REAL}/erase", headers=ADMIN)).status_code == 200
+    assert await mappings(database_url) == []
+    # This process knew the mapping before the erasure; it must not skip recording it again, or the
+    # partner's questions would find nobody behind the pseudonym on every other process.
+    assert await issued(client, REAL, "acme", headers=user_headers(REAL)) == first
+    assert await mappings(database_url) == [("acme", first, REAL)]
+    assert client.app.state.container.subjects.subject_of("acme", first) == REAL
+
+
 async def test_an_uncached_pseudonym_costs_one_query_and_a_cached_one_none(client):
     await setup_catalog(client)
     await make_pairwise(client)
