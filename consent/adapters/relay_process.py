@@ -68,10 +68,13 @@ async def run_relay(settings: Settings, report: bool = False) -> int:
 
 
 def relay_env(settings: Settings) -> dict[str, str]:
-    """The child's environment: this process's, with the settings the relay needs (they may have been
-    given to create_app rather than read from the environment)."""
-    env = {**os.environ, "CONSENT_DATABASE_URL": settings.database_url, "CONSENT_EVENT_SOURCE": settings.event_source,
-           "CONSENT_NATS_STREAM": settings.nats_stream, "CONSENT_NATS_SUBJECT_PREFIX": settings.nats_subject_prefix}
+    """The child's environment: this process's without its CONSENT_* settings (admin, master and signing
+    keys stay in the parent), plus the few the relay needs (they may have been given to create_app rather
+    than read from the environment)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CONSENT_")}
+    env.update({"CONSENT_DATABASE_URL": settings.database_url, "CONSENT_EVENT_SOURCE": settings.event_source,
+                "CONSENT_NATS_STREAM": settings.nats_stream,
+                "CONSENT_NATS_SUBJECT_PREFIX": settings.nats_subject_prefix})
     if settings.nats_url is not None:
         env["CONSENT_NATS_URL"] = settings.nats_url
     return env

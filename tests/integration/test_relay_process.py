@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from consent.adapters.relay_process import relay_env
 from consent.config import Settings
 from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, empty_tables
 from tests.integration.test_events_faults import (
@@ -53,6 +54,19 @@ def test_relay_setting_is_checked():
     assert Settings.from_env({}).relay == "inline"
     with pytest.raises(ValueError, match="CONSENT_RELAY"):
         Settings.from_env({"CONSENT_RELAY": "threads"})
+
+
+def test_the_relay_child_gets_the_relay_settings_and_no_secrets(monkeypatch):
+    for name, value in (("CONSENT_MASTER_KEY", "m" * 44), ("CONSENT_ADMIN_KEYS", "admin-key"),
+                        ("CONSENT_TOKEN_SIGNING_KEY", "signing-key"), ("CONSENT_DATABASE_URL", "sqlite:///other")):
+        monkeypatch.setenv(name, value)
+    settings = Settings(database_url="postgresql+asyncpg://db/consent", nats_url="nats://n:4222",
+                        nats_stream="S", nats_subject_prefix="p.consent.v1", event_source="/here")
+    env = relay_env(settings)
+    assert {k: v for k, v in env.items() if k.startswith("CONSENT_")} == {
+        "CONSENT_DATABASE_URL": "postgresql+asyncpg://db/consent", "CONSENT_NATS_URL": "nats://n:4222",
+        "CONSENT_NATS_STREAM": "S", "CONSENT_NATS_SUBJECT_PREFIX": "p.consent.v1", "CONSENT_EVENT_SOURCE": "/here"}
+    assert env["PATH"] == os.environ["PATH"]
 
 
 async def test_sigkill_of_the_relay_child_is_survived_and_loses_or_duplicates_nothing(postgresql_url, nats_names):
