@@ -23,10 +23,10 @@ from consent.adapters.sql_store import catalog_row, consent_row, subject_row
 from consent.adapters.tables import consents, events, partners, purposes, scopes, subjects
 from consent.domain.catalog import CATALOG_STREAMS, Catalog
 from consent.domain.events import event_from_data, without_personal
-from consent.domain.subject import SubjectConsents
+from consent.domain.subject import SUBJECT_PREFIX, SubjectConsents
 
 READ_MODELS = (subjects, consents, purposes, scopes, partners)
-STREAM_PREFIX = {subjects: "subject:", consents: "subject:", purposes: "purpose:", scopes: "scope:",
+STREAM_PREFIX = {subjects: SUBJECT_PREFIX, consents: SUBJECT_PREFIX, purposes: "purpose:", scopes: "scope:",
                  partners: "partner:"}
 FLUSH_ROWS = 5_000
 FETCH_ROWS = 10_000
@@ -89,7 +89,7 @@ async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | 
 
     async for row in rows:
         event = event_from_data(row.type, without_personal(row.data))  # read models hold no personal data
-        if row.stream_id.startswith("subject:"):
+        if row.stream_id.startswith(SUBJECT_PREFIX):
             if subject is None or subject.subject_id != row.stream_id[8:]:
                 await flush_subject()
                 subject, streams = SubjectConsents(row.stream_id[8:]), streams + 1

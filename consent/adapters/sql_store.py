@@ -42,7 +42,7 @@ from consent.domain.events import (
     without_personal,
 )
 from consent.domain.hash_chain import GENESIS, event_hash
-from consent.domain.subject import ConsentRecord, SubjectConsents
+from consent.domain.subject import SUBJECT_PREFIX, ConsentRecord, SubjectConsents, subject_stream
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -58,7 +58,7 @@ _SUBJECTS_BY_ANY = _SUBJECT_STATE.where(
 # in the same indexed read (the decision path's reads above do without it).
 _SUBJECT_FOR_WRITE = (
     _SUBJECT_STATE.add_columns(events.c.hash.label("head_hash"))
-    .outerjoin(events, sa.and_(events.c.stream_id == sa.literal("subject:") + subjects.c.subject_id,
+    .outerjoin(events, sa.and_(events.c.stream_id == sa.literal(SUBJECT_PREFIX) + subjects.c.subject_id,
                                events.c.stream_version == subjects.c.version))
     .where(subjects.c.subject_id == sa.bindparam("subject_id"))
     # ... and the subject's data key, which seals personal fields (consent/adapters/subject_keys.py).
@@ -66,9 +66,6 @@ _SUBJECT_FOR_WRITE = (
     .add_columns(subject_keys_table.c.key_id, subject_keys_table.c.wrapped_key, subject_keys_table.c.master_key_id)
 )
 
-
-def subject_stream(subject_id: str) -> str:
-    return f"subject:{subject_id}"
 
 
 def subjects_from_rows(rows: list[Any], wanted: list[str]) -> dict[str, SubjectConsents]:

@@ -35,9 +35,9 @@ from consent.adapters.cipher import (
 from consent.adapters.tables import subject_keys
 from consent.domain.errors import DomainError
 from consent.domain.events import ERASED, PERSONAL_FIELDS, Event, SubjectErased
+from consent.domain.subject import SUBJECT_PREFIX
 
 CACHE_SIZE = 10_000
-SUBJECT_PREFIX = "subject:"
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode

@@ -21,9 +21,8 @@ import msgspec
 from consent.app.packed_state import pack, packed_version, unpack, unpack_for_reading
 from consent.app.ports import RecordedEvent
 from consent.domain.events import SubjectErased
-from consent.domain.subject import SubjectConsents
+from consent.domain.subject import SUBJECT_PREFIX, SubjectConsents
 
-SUBJECT_PREFIX = "subject:"
 RECENT_LIMIT = 65_536
 
 

@@ -25,6 +25,7 @@ from consent.app.views import ReceiptView
 from consent.domain.catalog import Catalog
 from consent.domain.events import GlobalOptOutRecorded, SubjectChange, event_type
 from consent.domain.ids import covers
+from consent.domain.subject import SUBJECT_PREFIX
 
 RECEIPT_VERSION = "KI-CR-v1.1.0"
 
@@ -44,7 +45,7 @@ class ReceiptSigner(Protocol):
 
 def has_receipt(recorded: RecordedEvent) -> bool:
     """Consent granted, withdrawn, objected or expired, and the global opt-out: a subject's choices."""
-    return recorded.stream_id.startswith("subject:") and isinstance(
+    return recorded.stream_id.startswith(SUBJECT_PREFIX) and isinstance(
         recorded.event, SubjectChange | GlobalOptOutRecorded)
 
 

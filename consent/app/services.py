@@ -39,6 +39,7 @@ from consent.domain.subject import (
     SubjectConsents,
     change_consents,
     expire_due,
+    subject_stream,
     withdraw_for_terminated_partner,
 )
 
@@ -223,7 +224,7 @@ class ConsentService:
                         return msgspec.convert(earlier[1], ConsentChangeView)
                 state = await uow.load_subject(subject_id)
                 if expected_version is not None and state.version != expected_version:
-                    raise VersionConflict(f"subject:{subject_id}", expected_version)
+                    raise VersionConflict(subject_stream(subject_id), expected_version)
                 now = self._clock.now()
                 new_events = change_consents(state, self.catalog, changes, source, evidence, now)
                 seen = snapshot(self.catalog) if new_events and self.receipts is not None else None
@@ -297,7 +298,7 @@ class ConsentService:
 
         Idempotent: while the erasure is still the stream's last event, it is answered again, with no new event.
         """
-        stream_id = f"subject:{subject_id}"
+        stream_id = subject_stream(subject_id)
 
         async def attempt() -> SubjectErasureView:
             async with self._unit_of_work() as uow:
@@ -345,7 +346,7 @@ class ConsentService:
 
     async def history(self, subject_id: str, after: int, limit: int) -> HistoryView:
         async with self._unit_of_work() as uow:
-            recorded = await uow.read_stream(f"subject:{subject_id}", after, limit)
+            recorded = await uow.read_stream(subject_stream(subject_id), after, limit)
         return HistoryView(subject_id=subject_id, events=[history_event(r) for r in recorded],
                            next_after=recorded[-1].position if len(recorded) == limit else None)
 

@@ -12,6 +12,7 @@ from consent.app.views import ReceiptView, SubjectExportView, history_event, sub
 from consent.domain.catalog import Catalog
 from consent.domain.errors import NotFound
 from consent.domain.events import SubjectChange
+from consent.domain.subject import subject_stream
 
 PAGE = 1000
 
@@ -74,7 +75,7 @@ class SubjectRecords:
     async def receipt(self, subject_id: str, event_id: UUID) -> ReceiptView:
         """The receipt of one of this subject's events; another subject's event is not found here."""
         async with self._unit_of_work() as uow:
-            recorded = next((r for r in await read_whole_stream(uow, f"subject:{subject_id}")
+            recorded = next((r for r in await read_whole_stream(uow, subject_stream(subject_id))
                              if r.event_id == event_id), None)
             if recorded is None or not has_receipt(recorded):
                 raise NotFound("receipt", str(event_id))
@@ -92,7 +93,7 @@ class SubjectRecords:
         after = 0
         while state.version > 0:
             async with self._unit_of_work() as uow:
-                page = await uow.read_stream(f"subject:{subject_id}", after, PAGE)
+                page = await uow.read_stream(subject_stream(subject_id), after, PAGE)
             history += [r for r in page if r.stream_version <= state.version]
             if len(page) < PAGE or page[-1].stream_version >= state.version:
                 break

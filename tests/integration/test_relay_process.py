@@ -56,6 +56,14 @@ def test_relay_setting_is_checked():
         Settings.from_env({"CONSENT_RELAY": "threads"})
 
 
+async def fresh_service(postgresql_url: str, nats_names: tuple[str, str], relay: str):
+    """`consent serve` with CONSENT_RELAY=relay on an emptied database: (the process, its base URL)."""
+    await empty_tables(postgresql_url)
+    stream, prefix = nats_names
+    port = free_port()
+    return start_service(postgresql_url, stream, prefix, port, relay), f"http://127.0.0.1:{port}"
+
+
 def test_the_relay_child_gets_the_relay_settings_and_no_secrets(monkeypatch):
     for name, value in (("CONSENT_MASTER_KEY", "m" * 44), ("CONSENT_ADMIN_KEYS", "admin-key"),
                         ("CONSENT_TOKEN_SIGNING_KEY", "signing-key"), ("CONSENT_DATABASE_URL", "sqlite:///other")):
@@ -70,11 +78,8 @@ def test_the_relay_child_gets_the_relay_settings_and_no_secrets(monkeypatch):
 
 
 async def test_sigkill_of_the_relay_child_is_survived_and_loses_or_duplicates_nothing(postgresql_url, nats_names):
-    await empty_tables(postgresql_url)
     stream, prefix = nats_names
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    service = start_service(postgresql_url, stream, prefix, port, "process")
+    service, base = await fresh_service(postgresql_url, nats_names, "process")
     try:
         await wait_until(lambda: ready(base), what="service ready")
         first = await relay_state(base)
@@ -119,11 +124,7 @@ async def test_sigkill_of_the_relay_child_is_survived_and_loses_or_duplicates_no
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
 async def test_serve_stops_its_relay_child_on_shutdown_and_when_killed(postgresql_url, nats_names, stop):
-    await empty_tables(postgresql_url)
-    stream, prefix = nats_names
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    service = start_service(postgresql_url, stream, prefix, port, "process")
+    service, base = await fresh_service(postgresql_url, nats_names, "process")
     try:
         await wait_until(lambda: ready(base), what="service ready")
         child = (await relay_state(base))["pid"]
@@ -142,11 +143,8 @@ async def test_serve_stops_its_relay_child_on_shutdown_and_when_killed(postgresq
 
 
 async def test_with_relay_off_a_separate_consent_relay_publishes(postgresql_url, nats_names):
-    await empty_tables(postgresql_url)
     stream, prefix = nats_names
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    service = start_service(postgresql_url, stream, prefix, port, "off")
+    service, base = await fresh_service(postgresql_url, nats_names, "off")
     env = {**os.environ, "CONSENT_DATABASE_URL": postgresql_url, "CONSENT_NATS_URL": NATS_URL,
            "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix}
     relays = []
