@@ -629,12 +629,14 @@ class Bench:
         env.update(CONSENT_DATABASE_URL=self.database_url, CONSENT_ADMIN_KEYS=self.admin_key,
                    CONSENT_TOKEN_SIGNING_KEY=signing_key or secrets.token_urlsafe(32), CONSENT_PARTNER_RATE_LIMIT="0",
                    CONSENT_MASTER_KEY=MASTER_KEY)
+        env.update(dict(setting.split("=", 1) for setting in self.args.server_env))
         env.update(extra_env or {})
         uvicorn = Path(sys.executable).parent / "uvicorn"
         launcher = [str(uvicorn)] if uvicorn.exists() else [sys.executable, "-m", "uvicorn"]
         command = [*launcher,
                    "consent.api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                   "--workers", str(self.args.server_workers), "--loop", "uvloop", "--http", "httptools",
+                   "--no-access-log",
                    "--log-level", "warning"]
         if self.args.server_log:
             log_path = Path(self.args.server_log if label == "server" else f"{self.args.server_log}.{label}")
@@ -2064,6 +2066,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="before each run, wait up to SECONDS for other processes on the machine to use "
                              "under 15%% of a core, and repeat (twice at most) a run they disturbed "
                              "(default: do not wait; other load is reported either way)")
+    parser.add_argument("--server-workers", type=int, default=1, metavar="N",
+                        help="uvicorn worker processes of each server the bench starts (default 1: the figures "
+                             "are per server process)")
+    parser.add_argument("--server-env", metavar="NAME=VALUE", action="append", default=[],
+                        help="a setting for every server the bench starts, e.g. "
+                             "CONSENT_WRITE_CACHE_SIZE=0 (repeatable)")
     parser.add_argument("--server-log", metavar="PATH", help="keep the started server's output in PATH "
                                                              "(default: a temporary file, its tail printed)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
@@ -2138,8 +2146,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(ValueError):
             if not os.path.relpath(launcher).startswith(".."):
                 launcher = os.path.relpath(launcher)
-        meta["server"] = "CONSENT_PARTNER_RATE_LIMIT=0 " + re.sub(
-            r"--port \d+", "--port <free port>", shlex.join([launcher, *bench.server_command[1:]]))
+        meta["server"] = " ".join(["CONSENT_PARTNER_RATE_LIMIT=0", *args.server_env, re.sub(
+            r"--port \d+", "--port <free port>", shlex.join([launcher, *bench.server_command[1:]]))])
     meta["target"] = bench.base_url
     if "baseline" in bench.results.get("runs", {}):
         b = bench.results["runs"]["baseline"]

@@ -26,8 +26,12 @@ class Settings(Struct, frozen=True):
     # Signs partner access tokens; replicas must share it. Unset: a random key per process.
     token_signing_key: str | None = None
     subject_cache_size: int = 100_000
+    # Subjects whose last write here is remembered, so that their next write skips its read (~1 KB each).
+    write_cache_size: int = 10_000
     # POST /v1/decisions answered by a thin ASGI layer (consent/api/fast_decisions.py).
     fast_decisions: bool = True
+    # POST /v1/subjects/{id}/consents answered by a thin ASGI layer (consent/api/fast_consents.py).
+    fast_writes: bool = True
     nats_stream: str = "CONSENT"
     # Where the outbox relay runs: "inline" (this process's event loop), "process" (a child process
     # that `consent serve` supervises) or "off" (none here: run `consent relay` apart).
@@ -108,7 +112,9 @@ class Settings(Struct, frozen=True):
             event_source=env.get("CONSENT_EVENT_SOURCE", "/consent"),
             token_signing_key=env.get("CONSENT_TOKEN_SIGNING_KEY") or None,
             subject_cache_size=int(env.get("CONSENT_SUBJECT_CACHE_SIZE", "100000")),
+            write_cache_size=int(env.get("CONSENT_WRITE_CACHE_SIZE", "10000")),
             fast_decisions=env.get("CONSENT_FAST_DECISIONS", "1") != "0",
+            fast_writes=env.get("CONSENT_FAST_WRITES", "1") != "0",
             nats_stream=env.get("CONSENT_NATS_STREAM", "CONSENT"),
             relay=env.get("CONSENT_RELAY") or "inline",
             sandbox_subject_prefix=env.get("CONSENT_SANDBOX_SUBJECT_PREFIX", "sandbox-"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +28,14 @@ from consent.adapters.subject_keys import (
 from consent.adapters.tables import consents, events, idempotency_keys, partners, purposes, scopes, subjects
 from consent.adapters.tables import pseudonyms as pseudonyms_table
 from consent.adapters.tables import subject_keys as subject_keys_table
+from consent.adapters.write_batcher import (
+    SUBJECT_APPEND,
+    SubjectAppend,
+    WriteBatcher,
+    positions_by_stream,
+    subject_append_params,
+)
+from consent.adapters.write_cache import SubjectWriteCache
 from consent.app.ports import RecordedEvent
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, VersionConflict
@@ -166,52 +173,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else _encode_json(value).decode()
 
 
-@functools.lru_cache(maxsize=64)
-def _one_statement_save(event_count: int, consent_count: int, pseudonym_count: int = 0,
-                        new_key: bool = False) -> sa.TextClause:
-    appended = ", ".join(
-        f"(:id{n}, :stream_id, :v{n}, :t{n}, CAST(:d{n} AS jsonb), CAST(:metadata AS jsonb), :now, :h{n})"
-        for n in range(event_count))
-    sql = f"""
-        WITH appended AS (
-            INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at, hash)
-            VALUES {appended} RETURNING position, stream_version),
-        subject AS (
-            INSERT INTO subjects (subject_id, version, position, global_opt_out)
-            SELECT CAST(:subject_id AS varchar), CAST(:version AS integer), max(position),
-                   CAST(:opt_out AS boolean) FROM appended
-            ON CONFLICT (subject_id) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,
-                global_opt_out = EXCLUDED.global_opt_out)"""
-    if consent_count:
-        rows = ", ".join(
-            f"(:subject_id, :p{n}, :q{n}, CAST(:s{n} AS jsonb), :st{n}, :e{n}, :pv{n}, :u{n})"
-            for n in range(consent_count))
-        sql += f""",
-        consent AS (
-            INSERT INTO consents (subject_id, purpose_id, partner_id, scopes, status, expires_at,
-                                  purpose_version, updated_at)
-            VALUES {rows}
-            ON CONFLICT (subject_id, purpose_id, partner_id) DO UPDATE SET scopes = EXCLUDED.scopes,
-                status = EXCLUDED.status, expires_at = EXCLUDED.expires_at,
-                purpose_version = EXCLUDED.purpose_version, updated_at = EXCLUDED.updated_at)"""
-    if pseudonym_count:  # only writes concerning a pairwise partner pay for this
-        rows = ", ".join(f"(:wp{n}, :wn{n}, :subject_id)" for n in range(pseudonym_count))
-        sql += f""",
-        pseudonym AS (
-            INSERT INTO pseudonyms (partner_id, pseudonym, subject_id) VALUES {rows}
-            ON CONFLICT (partner_id, pseudonym) DO NOTHING)"""
-    if new_key:
-        # The subject's first personal data: its data key, with the events. A key row is only ever made
-        # or deleted together with an append to the subject's stream, so a key committed by someone else
-        # since the state was read means an event at this version too: the append then fails whole.
-        sql += """,
-        subject_key AS (
-            INSERT INTO subject_keys (subject_id, key_id, wrapped_key, master_key_id, created_at)
-            VALUES (:subject_id, :key_id, :wrapped_key, :master_key_id, :now)
-            ON CONFLICT (subject_id) DO NOTHING)"""
-    return sa.text(sql + "\n        SELECT position FROM appended ORDER BY stream_version")
-
-
 def subject_row(state: SubjectConsents) -> dict[str, Any]:
     return {"subject_id": state.subject_id, "version": state.version, "position": state.position,
             "global_opt_out": state.global_opt_out}
@@ -242,9 +203,14 @@ def catalog_row(entity: Purpose | Scope | Partner, stream_version: int) -> tuple
 class SqlUnitOfWork:
     """One database transaction; see `consent.app.ports.UnitOfWork`."""
 
-    def __init__(self, database: Database, single_write: bool = False, keys: SubjectKeys | None = None) -> None:
+    def __init__(self, database: Database, single_write: bool = False, keys: SubjectKeys | None = None,
+                 write_cache: SubjectWriteCache | None = None, batcher: WriteBatcher | None = None) -> None:
         self._database = database
+        self._batcher = batcher  # group commit of single writes (PostgreSQL)
         self._keys = keys or WITHOUT_MASTER_KEY
+        self._write_cache = write_cache
+        # subject -> its state, head hash and key row after a save here: remembered once committed.
+        self._saved: dict[str, tuple[SubjectConsents, bytes, KeyRow | None]] = {}
         # subject -> its data key row as read with its state (None: it has none).
         self._key_rows: dict[str, KeyRow | None] = {}
         # One save, and on PostgreSQL a save is one statement: atomic without a transaction,
@@ -259,8 +225,7 @@ class SqlUnitOfWork:
         await self._database.acquire_writer()
         try:
             if self._autocommit:
-                self.conn = await self._database.autocommit_engine.connect()
-                self._committed = True
+                self._committed = True  # connects on its first statement (_connect_for_autocommit)
             else:
                 self.conn = await self._database.engine.connect()
                 await self.conn.begin()
@@ -269,20 +234,28 @@ class SqlUnitOfWork:
             raise
         return self
 
+    async def _connect_for_autocommit(self) -> None:
+        """A single write answered from the write cache and sent by the batcher needs no connection of
+        its own: one is taken only for a statement of this unit's."""
+        if self._autocommit and not hasattr(self, "conn"):
+            self.conn = await self._database.autocommit_engine.connect()
+
     async def __aexit__(self, *exc: Any) -> None:
         try:
-            if not self._committed:
-                await self.conn.rollback()
-        finally:
-            try:
+            if hasattr(self, "conn"):
+                if not self._committed:
+                    await self.conn.rollback()
                 await self.conn.close()
-            finally:
-                self._database.release_writer()
+        finally:
+            self._database.release_writer()
 
     async def commit(self) -> None:
         if not self._autocommit:
             await self.conn.commit()
         self._committed = True
+        if self._write_cache is not None:
+            for state, head_hash, key_row in self._saved.values():
+                self._write_cache.put(state, head_hash, key_row)
 
     # The log
 
@@ -314,6 +287,7 @@ class SqlUnitOfWork:
         head = self._stream_heads.get(stream_id)
         if head is not None and head[0] == expected_version:
             return head[1]
+        await self._connect_for_autocommit()
         found = (await self.conn.execute(sa.select(events.c.hash).where(
             events.c.stream_id == stream_id, events.c.stream_version == expected_version))).scalar()
         if found is None:  # the stream is not where the caller read it: reload and retry
@@ -377,7 +351,14 @@ class SqlUnitOfWork:
     async def load_catalog(self) -> tuple[Catalog, dict[str, int]]:
         return await load_catalog(self.conn)
 
-    async def load_subject(self, subject_id: str) -> SubjectConsents:
+    async def load_subject(self, subject_id: str, cached: bool = False) -> SubjectConsents:
+        if cached and self._write_cache is not None:
+            hit = self._write_cache.get(subject_id)
+            if hit is not None:
+                state, head_hash, self._key_rows[subject_id] = hit
+                self._stream_heads[subject_stream(subject_id)] = (state.version, head_hash)
+                return state
+        await self._connect_for_autocommit()
         rows = (await self.conn.execute(_SUBJECT_FOR_WRITE, {"subject_id": subject_id})).all()
         state = subjects_from_rows(rows, [subject_id])[subject_id]
         if rows and rows[0].head_hash is not None:
@@ -388,6 +369,18 @@ class SqlUnitOfWork:
 
     async def save_subject(self, state: SubjectConsents, expected_version: int, new_events: list[Event],
                            actor: str, pseudonyms: dict[str, str] | None = None) -> list[RecordedEvent]:
+        # Until this commits, what the cache held of the subject may or may not be the stream's head.
+        if self._write_cache is not None:
+            self._write_cache.forget(state.subject_id)
+        self._saved.pop(state.subject_id, None)
+        recorded = await self._save_subject(state, expected_version, new_events, actor, pseudonyms)
+        if state.subject_id in self._key_rows and not any(isinstance(e, SubjectErased) for e in new_events):
+            self._saved[state.subject_id] = (state, self._stream_heads[subject_stream(state.subject_id)][1],
+                                             self._key_rows[state.subject_id])
+        return recorded
+
+    async def _save_subject(self, state: SubjectConsents, expected_version: int, new_events: list[Event],
+                            actor: str, pseudonyms: dict[str, str] | None) -> list[RecordedEvent]:
         seal, new_key = await self._sealing(state.subject_id, new_events)
         if not self._database.is_sqlite and not any(isinstance(e, SubjectErased) for e in new_events):
             return await self._save_subject_in_one_statement(state, expected_version, new_events, actor,
@@ -417,8 +410,11 @@ class SqlUnitOfWork:
         """How these events' personal fields are sealed, and the subject's new key row if it has none yet."""
         if not has_personal_data(new_events):
             return None, None
-        stored = (self._key_rows[subject_id] if subject_id in self._key_rows
-                  else (await stored_keys(self.conn, [subject_id])).get(subject_id))
+        if subject_id in self._key_rows:
+            stored = self._key_rows[subject_id]
+        else:
+            await self._connect_for_autocommit()
+            stored = (await stored_keys(self.conn, [subject_id])).get(subject_id)
         key, new_key = self._keys.for_write(subject_id, stored)
         if new_key is not None:  # what a later save in this unit of work must find (written with this one)
             self._key_rows[subject_id] = KeyRow(new_key["key_id"], new_key["wrapped_key"], new_key["master_key_id"])
@@ -436,33 +432,32 @@ class SqlUnitOfWork:
                                              pseudonyms: dict[str, str] | None = None, seal: Sealer | None = None,
                                              new_key: dict[str, Any] | None = None) -> list[RecordedEvent]:
         """PostgreSQL: the append, both projections, any pseudonym mapping and any new data key as one
-        statement (CTEs)."""
+        statement (consent/adapters/write_batcher.py), with other writes' when not in a transaction."""
         now = datetime.now(UTC)
         stream_id = subject_stream(state.subject_id)
         rows = event_rows(await self._previous_hash(stream_id, expected_version), stream_id, expected_version,
                           new_events, actor, now, pseudonyms, seal)
         touched = sorted({(e.purpose, e.partner) for e in new_events if isinstance(e, SubjectChange)},
                          key=lambda k: (k[0], k[1] or ""))
-        records = [state.records[key] for key in touched if key in state.records]
-        params: dict[str, Any] = {"stream_id": stream_id, "subject_id": state.subject_id, "now": now,
-                                  "version": state.version, "opt_out": state.global_opt_out,
-                                  "metadata": _json(rows[0]["metadata"])}
-        for n, (partner_id, pseudonym) in enumerate((pseudonyms or {}).items()):
-            params.update({f"wp{n}": partner_id, f"wn{n}": pseudonym})
-        if new_key is not None:
-            params.update({k: new_key[k] for k in ("key_id", "wrapped_key", "master_key_id")})
-        for n, row in enumerate(rows):
-            params.update({f"id{n}": row["event_id"], f"v{n}": row["stream_version"], f"t{n}": row["type"],
-                           f"d{n}": _json(row["data"]), f"h{n}": row["hash"]})
-        for n, r in enumerate(records):
-            row = consent_row(state.subject_id, r)
-            params.update({f"p{n}": row["purpose_id"], f"q{n}": row["partner_id"], f"s{n}": _json(row["scopes"]),
-                           f"st{n}": row["status"], f"e{n}": row["expires_at"], f"pv{n}": row["purpose_version"],
-                           f"u{n}": row["updated_at"]})
+        metadata = _json(rows[0]["metadata"])
+        append = SubjectAppend(
+            subject_id=state.subject_id, stream_id=stream_id, version=state.version,
+            global_opt_out=state.global_opt_out,
+            events=[(row["event_id"], row["stream_version"], row["type"], _json(row["data"]), metadata, now,
+                     row["hash"]) for row in rows],
+            consents=[(r.purpose, r.partner or "", _json(list(r.scopes)) if r.scopes is not None else None,
+                       r.status, r.expires_at, r.purpose_version, r.updated_at)
+                      for key in touched if (r := state.records.get(key)) is not None],
+            pseudonyms=list((pseudonyms or {}).items()),
+            new_key=None if new_key is None else (new_key["key_id"], new_key["wrapped_key"],
+                                                  new_key["master_key_id"], now))
         try:
-            positions = list((await self.conn.execute(
-                _one_statement_save(len(new_events), len(records), len(pseudonyms or {}), new_key is not None),
-                params)).scalars())
+            if self._autocommit and self._batcher is not None:
+                positions = await self._batcher.append(append)
+            else:
+                await self._connect_for_autocommit()
+                found = await self.conn.execute(SUBJECT_APPEND, subject_append_params([append]))
+                positions = positions_by_stream(found.all())[stream_id]
         except IntegrityError as error:
             if "stream_version" in str(error.orig):
                 raise VersionConflict(stream_id, expected_version) from None

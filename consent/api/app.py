@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import secrets
 from typing import Annotated
@@ -29,6 +30,8 @@ from consent.adapters.sql_credentials import SqlCredentialStore
 from consent.adapters.sql_pseudonyms import SqlPseudonyms
 from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_catalog
 from consent.adapters.subject_keys import SubjectKeys, forget_erased
+from consent.adapters.write_batcher import WriteBatcher
+from consent.adapters.write_cache import SubjectWriteCache
 from consent.api import health
 from consent.api.audit import audit
 from consent.api.auth import Authenticator, Principal
@@ -36,6 +39,7 @@ from consent.api.catalog import PartnerController, PurposeController, ScopeContr
 from consent.api.cors import cors_config
 from consent.api.decisions import DecisionController, PermissionController
 from consent.api.errors import problem_details_plugin
+from consent.api.fast_consents import fast_consents
 from consent.api.fast_decisions import fast_decisions
 from consent.api.idp_tokens import identity_provider
 from consent.api.metrics import metrics, metrics_registry
@@ -95,6 +99,7 @@ class Container:
             async def feed_events(events) -> None:
                 await loaded.wait()
                 forget_erased(self.subject_keys, events)
+                self.write_cache.apply(events)
                 await self.subjects.apply_from_feed(events)
                 await self.partner_access.on_events(events)
 
@@ -111,7 +116,10 @@ class Container:
         pseudonym_key = settings.pseudonym_key.encode() if settings.pseudonym_key is not None else None
         # Seals personal fields in the log and opens them for readers (consent/adapters/subject_keys.py).
         self.subject_keys = SubjectKeys(master_keys(settings))
-        unit_of_work = functools.partial(SqlUnitOfWork, self.database, keys=self.subject_keys)
+        self.write_cache = SubjectWriteCache(settings.write_cache_size)
+        self.batcher = None if self.database.is_sqlite else WriteBatcher(self.database.autocommit_engine)
+        unit_of_work = functools.partial(SqlUnitOfWork, self.database, keys=self.subject_keys,
+                                         write_cache=self.write_cache, batcher=self.batcher)
         self.service = ConsentService(unit_of_work, self.bus, self.clock, catalog,
                                       versions, pseudonym_key=pseudonym_key)
         self.receipt_keys = load_or_generate(settings.receipt_keys)
@@ -217,6 +225,34 @@ async def _run_sync(fn, *args) -> None:
     await anyio.to_thread.run_sync(fn, *args)
 
 
+def thin_routes(container: Container) -> list:
+    """The hot routes answered without Litestar's machinery (each can be turned off)."""
+    settings = container.settings
+    return ([fast_decisions(lambda: container.authenticator, lambda: container.decisions, settings.max_body_bytes)]
+            * settings.fast_decisions
+            + [fast_consents(lambda: container.authenticator, lambda: container.service, settings.max_body_bytes)]
+            * settings.fast_writes)
+
+
+_COLLECTOR_THRESHOLDS = gc.get_threshold()
+
+
+def tune_garbage_collector() -> None:
+    """What start-up built (modules, the app, the catalog) lives as long as the process: frozen out of the
+    collector's full passes, which otherwise scan it all and stall every request in flight for ~80 ms,
+    several times a minute under load. Young collections run every 10,000 allocations instead of 700,
+    which makes full passes rarer still (write p99 33 -> 17 ms; BENCHMARKS.md, issue 3). Undone at
+    shutdown, so that a process starting many apps (the tests) does not keep their cycles. (No collection
+    first: with a large heap it costs more than the little start-up garbage it would spare.)"""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+def restore_garbage_collector() -> None:
+    gc.unfreeze()
+    gc.set_threshold(*_COLLECTOR_THRESHOLDS)
+
+
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Litestar:
     container = Container(settings or Settings.from_env(), clock or SystemClock())
 
@@ -241,11 +277,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             "metrics_registry": Provide(lambda: registry, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
-        middleware=[fast_decisions(lambda: container.authenticator, lambda: container.decisions,
-                                   container.settings.max_body_bytes)]
-        if container.settings.fast_decisions else [],
-        on_startup=[container.start],
-        on_shutdown=[container.stop],
+        middleware=thin_routes(container),
+        on_startup=[container.start, tune_garbage_collector],
+        on_shutdown=[container.stop, restore_garbage_collector],
         openapi_config=OpenAPIConfig(
             title="Consent service", version=API_VERSION, path="/schema",
             components=Components(security_schemes={

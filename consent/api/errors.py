@@ -72,16 +72,27 @@ def _from_unexpected(error: Exception) -> ProblemDetailsException:
     return problem(500, "internal_error", "an unexpected error occurred")
 
 
+_PROBLEM_FROM = {
+    DomainError: _from_domain,
+    ValidationException: _from_validation,
+    HTTPException: _from_http,
+    OperationalError: _from_database,
+    DBAPIError: _from_database,
+    ConnectionError: _from_database,
+    Exception: _from_unexpected,
+}
+
+
 def problem_details_plugin() -> ProblemDetailsPlugin:
-    return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={
-        DomainError: _from_domain,
-        ValidationException: _from_validation,
-        HTTPException: _from_http,
-        OperationalError: _from_database,
-        DBAPIError: _from_database,
-        ConnectionError: _from_database,
-        Exception: _from_unexpected,
-    }))
+    return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=_PROBLEM_FROM))
+
+
+def as_problem(error: Exception) -> ProblemDetailsException:
+    """The problem an exception becomes, as the plugin makes it: for the thin ASGI routes."""
+    for kind in type(error).__mro__:
+        if kind in _PROBLEM_FROM:
+            return _PROBLEM_FROM[kind](error)
+    return _from_unexpected(error)
 
 
 class Problem(Struct):

@@ -10,7 +10,6 @@ turned off (`CONSENT_FAST_DECISIONS=0`). The tests run the decision suite both w
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,11 +18,8 @@ from litestar.plugins.problem_details import ProblemDetailsException
 
 from consent.api.auth import Authenticator
 from consent.api.decisions import DecisionRequest, asking_partner, by_pseudonym
-from consent.api.errors import log_unexpected, problem
+from consent.api.errors import as_problem, problem
 from consent.app.decisions import DecisionService, Question
-from consent.domain.errors import DomainError
-
-log = logging.getLogger("consent.api")
 
 _decode_request = msgspec.json.Decoder(DecisionRequest).decode
 _encode = msgspec.json.Encoder().encode
@@ -41,20 +37,7 @@ def fast_decisions(authenticator: Callable[[], Authenticator],
             if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/decisions":
                 await app(scope, receive, send)
                 return
-            try:
-                status, headers, body = 200, _JSON_HEADERS, await _decide(scope, receive, authenticator(),
-                                                                         decisions(), max_body)
-            except ProblemDetailsException as error:
-                status, headers, body = _problem_response(error)
-            except DomainError as error:
-                status, headers, body = _problem_response(problem(error.status, error.code, error.detail))
-            except Exception as error:  # noqa: BLE001 - never a bare 500 without a problem body
-                log_unexpected(error)
-                status, headers, body = _problem_response(problem(500, "internal_error",
-                                                                  "an unexpected error occurred"))
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await respond(send, lambda: _decide(scope, receive, authenticator(), decisions(), max_body))
 
         return handle
 
@@ -69,7 +52,7 @@ async def _decide(scope: dict, receive, authenticator: Authenticator, decisions:
             authorization = value.decode("latin-1")
             break
     principal = await authenticator.authenticate(authorization)
-    body = await _read_body(receive, max_body)
+    body = await read_body(receive, max_body)
     try:
         request = _decode_request(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
@@ -80,7 +63,20 @@ async def _decide(scope: dict, receive, authenticator: Authenticator, decisions:
     return _encode(await decisions.decide(question, request.min_position))
 
 
-async def _read_body(receive, max_body: int) -> bytes:
+async def respond(send, answer: Callable[[], Awaitable[bytes]]) -> None:
+    """Send `answer()` as 200 JSON, or what it raised as problem details, as the Litestar routes would."""
+    try:
+        status, headers, body = 200, _JSON_HEADERS, await answer()
+    except ProblemDetailsException as error:
+        status, headers, body = _problem_response(error)
+    except Exception as error:  # noqa: BLE001 - never a bare 500 without a problem body
+        status, headers, body = _problem_response(as_problem(error))
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive, max_body: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -10,10 +10,11 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
-from consent.api.auth import require_subject_access
+from consent.api.auth import Principal, require_subject_access
 from consent.api.deps import Caller, Service
 from consent.api.errors import ERRORS, problem
 from consent.api.schemas import ConsentRequest
+from consent.app.services import ConsentService
 from consent.app.views import ConsentChangeView, HistoryView, SubjectConsentsView, SubjectErasureView
 from consent.domain.events import Evidence
 from consent.domain.ids import check_subject
@@ -22,9 +23,13 @@ from consent.domain.subject import Change
 # `"3"`, `W/"3"` or a bare `3`; quotes must pair, so `"3` is malformed, not version 3.
 _ETAG = re.compile(r'(?:W/)?("?)(\d{1,10})\1')
 
-IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=200, required=False)]
-IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", max_length=40, required=False)]
-SecGpc = Annotated[str | None, HeaderParameter(name="Sec-GPC", max_length=8, required=False)]
+# Longest accepted value of each header this route reads (also checked by the thin layer, fast_consents.py).
+HEADER_LIMITS = {"Idempotency-Key": 200, "If-Match": 40, "Sec-GPC": 8}
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=HEADER_LIMITS[
+    "Idempotency-Key"], required=False)]
+IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", max_length=HEADER_LIMITS["If-Match"],
+                                                required=False)]
+SecGpc = Annotated[str | None, HeaderParameter(name="Sec-GPC", max_length=HEADER_LIMITS["Sec-GPC"], required=False)]
 
 
 def _expected_version(if_match: str | None) -> int | None:
@@ -36,9 +41,30 @@ def _expected_version(if_match: str | None) -> int | None:
     return int(match.group(2))
 
 
-def _gpc(principal: Caller, sec_gpc: str | None) -> bool:
+def _gpc(principal: Principal, sec_gpc: str | None) -> bool:
     """Global Privacy Control counts when the end user's own agent sends it."""
     return principal.kind == "user" and (sec_gpc or "").strip() == "1"
+
+
+async def change_consents(service: ConsentService, principal: Principal, subject_id: str, data: ConsentRequest,
+                          idempotency_key: str | None, if_match: str | None, sec_gpc: str | None) -> ConsentChangeView:
+    """POST /v1/subjects/{subject_id}/consents, for the Litestar route and its thin ASGI layer (fast_consents.py)."""
+    require_subject_access(principal, subject_id)
+    check_subject(subject_id)
+    expected = _expected_version(if_match)
+    gpc = _gpc(principal, sec_gpc)
+    idempotency = None
+    if idempotency_key is not None:
+        scope = f"{principal.kind}:{principal.id}:{subject_id}:{idempotency_key}"
+        request = msgspec.json.encode([data, expected, gpc])
+        idempotency = (hashlib.sha256(scope.encode()).hexdigest(), hashlib.sha256(request).hexdigest())
+    changes = [Change(purpose=c.purpose, action=c.action, partner=c.partner,
+                      scopes=tuple(c.scopes) if c.scopes is not None else None, expires_at=c.expires_at)
+               for c in data.changes]
+    evidence = Evidence(**msgspec.structs.asdict(data.evidence)) if data.evidence else None
+    return await service.change_consents(
+        subject_id, changes, data.source, evidence, principal.actor,
+        expected_version=expected, idempotency=idempotency, global_opt_out=gpc)
 
 
 class SubjectController(Controller):
@@ -50,22 +76,7 @@ class SubjectController(Controller):
     async def change_consents(self, subject_id: FromPath[str], data: JSONBody[ConsentRequest], principal: Caller,
                               service: Service, idempotency_key: IdempotencyKey = None,
                               if_match: IfMatch = None, sec_gpc: SecGpc = None) -> ConsentChangeView:
-        require_subject_access(principal, subject_id)
-        check_subject(subject_id)
-        expected = _expected_version(if_match)
-        gpc = _gpc(principal, sec_gpc)
-        idempotency = None
-        if idempotency_key is not None:
-            scope = f"{principal.kind}:{principal.id}:{subject_id}:{idempotency_key}"
-            request = msgspec.json.encode([data, expected, gpc])
-            idempotency = (hashlib.sha256(scope.encode()).hexdigest(), hashlib.sha256(request).hexdigest())
-        changes = [Change(purpose=c.purpose, action=c.action, partner=c.partner,
-                          scopes=tuple(c.scopes) if c.scopes is not None else None, expires_at=c.expires_at)
-                   for c in data.changes]
-        evidence = Evidence(**msgspec.structs.asdict(data.evidence)) if data.evidence else None
-        return await service.change_consents(
-            subject_id, changes, data.source, evidence, principal.actor,
-            expected_version=expected, idempotency=idempotency, global_opt_out=gpc)
+        return await change_consents(service, principal, subject_id, data, idempotency_key, if_match, sec_gpc)
 
     @get("/consents", summary="Current consents (the subject, or admin)", responses=ERRORS)
     async def get_consents(self, subject_id: FromPath[str],

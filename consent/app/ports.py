@@ -44,7 +44,9 @@ class UnitOfWork(Protocol):
 
     async def commit(self) -> None: ...
 
-    async def load_subject(self, subject_id: str) -> SubjectConsents: ...
+    async def load_subject(self, subject_id: str, cached: bool = False) -> SubjectConsents:
+        """`cached`: this process's memory of its own last write may answer (a write checks it by version)."""
+        ...
 
     async def load_catalog(self) -> tuple[Catalog, dict[str, int]]:
         """The whole catalog, with the stream version of each entity."""

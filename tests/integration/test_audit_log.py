@@ -187,8 +187,8 @@ async def test_a_writer_that_loses_the_race_retries_with_a_fresh_previous_hash(p
     await empty_tables(postgresql_url)
     load, raced = SqlUnitOfWork.load_subject, []
 
-    async def load_then_lose_the_race(self, subject_id):
-        state = await load(self, subject_id)
+    async def load_then_lose_the_race(self, subject_id, cached=False):
+        state = await load(self, subject_id, cached)
         if subject_id == "busy" and not raced:
             raced.append(state.version)
             other_process = Database(postgresql_url)  # here: on the loop the app runs on

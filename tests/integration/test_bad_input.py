@@ -2,6 +2,7 @@
 
 import json
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -13,6 +14,12 @@ PURPOSE = {"title": "Marketing", "description": "Offers", "legal_basis": "consen
 SCOPE = {"title": "Profile", "description": "Name", "sensitivity": "low"}
 PARTNER = {"name": "Acme", "status": "active", "data_uses": {"marketing": ["profile"]}}
 CONSENTS = "/v1/subjects/u-1/consents"
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "litestar"])
+def settings(settings, request):
+    """Every test here runs against both answers to POST .../consents: the thin ASGI layer and Litestar's."""
+    return msgspec.structs.replace(settings, fast_writes=request.param)
 
 
 def grant(**fields) -> dict:

@@ -2,6 +2,7 @@
 
 from datetime import datetime, timedelta
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -10,6 +11,12 @@ from tests.conftest import ADMIN, user_headers
 
 CONSENTS = "/v1/subjects/u-1/consents"
 HISTORY = "/v1/subjects/u-1/history"
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "litestar"])
+def settings(settings, request):
+    """Every test here runs against both answers to POST .../consents: the thin ASGI layer and Litestar's."""
+    return msgspec.structs.replace(settings, fast_writes=request.param)
 
 
 async def put_catalog(client) -> None:

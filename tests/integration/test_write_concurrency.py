@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+import pytest
+
 from tests.conftest import ADMIN
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "litestar"])
+def settings(settings, request):
+    """Every test here runs against both answers to POST .../consents: the thin ASGI layer and Litestar's."""
+    return msgspec.structs.replace(settings, fast_writes=request.param)
+
 
 MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
 

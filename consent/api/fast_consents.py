@@ -1,0 +1,63 @@
+"""POST /v1/subjects/{subject_id}/consents as a thin ASGI layer in front of the Litestar handler.
+
+The consent write is the hot path of writes, and Litestar's machinery on it (signature modelling,
+dependency injection, response building) costs about a sixth of a write's CPU (BENCHMARKS.md, issue 3).
+Like POST /v1/decisions (fast_decisions.py), this layer answers the route with the same Structs,
+authenticator, header limits and handler body (`subjects.change_consents`); the Litestar route stays
+for the OpenAPI document and is what runs when the layer is off (`CONSENT_FAST_WRITES=0`). The tests
+run the consent suites both ways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from consent.api.auth import Authenticator
+from consent.api.errors import problem
+from consent.api.fast_decisions import ASGIApp, read_body, respond
+from consent.api.schemas import ConsentRequest
+from consent.api.subjects import HEADER_LIMITS, change_consents
+from consent.app.services import ConsentService
+
+_decode_request = msgspec.json.Decoder(ConsentRequest).decode
+_encode = msgspec.json.Encoder().encode
+_HEADERS = {name.lower().encode(): name for name in ("Authorization", *HEADER_LIMITS)}
+
+
+def fast_consents(authenticator: Callable[[], Authenticator], service: Callable[[], ConsentService],
+                  max_body: int) -> Callable[[ASGIApp], ASGIApp]:
+    """`max_body`: the same limit as the app's request_max_body_size (CONSENT_MAX_BODY_BYTES)."""
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def handle(scope: dict, receive, send) -> None:
+            # Route middleware: Litestar has matched the route, so the path parameter is parsed already.
+            subject_id = scope.get("path_params", {}).get("subject_id")
+            if (scope["type"] != "http" or scope["method"] != "POST" or subject_id is None
+                    or not scope["path"].endswith("/consents")):
+                await app(scope, receive, send)
+                return
+            await respond(send, lambda: _change(scope, receive, subject_id, authenticator(), service(), max_body))
+
+        return handle
+
+    return middleware
+
+
+async def _change(scope: dict, receive, subject_id: str, authenticator: Authenticator, service: ConsentService,
+                  max_body: int) -> bytes:
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _HEADERS:
+            headers[_HEADERS[name]] = value.decode("latin-1")
+    principal = await authenticator.authenticate(headers.get("Authorization"))
+    for name, limit in HEADER_LIMITS.items():
+        if len(headers.get(name, "")) > limit:
+            raise problem(400, "validation_failed", f"the {name} header is at most {limit} characters")
+    body = await read_body(receive, max_body)
+    try:
+        request = _decode_request(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise problem(400, "validation_failed", str(error)) from None
+    return _encode(await change_consents(service, principal, subject_id, request, headers.get("Idempotency-Key"),
+                                         headers.get("If-Match"), headers.get("Sec-GPC")))
