@@ -6,8 +6,9 @@ cost PostgreSQL one statement, one commit and one WAL flush instead of one each,
 one round trip. A write waits for nothing when the database is idle: a batch leaves at once, and
 later writes gather while up to `max_in_flight` batches are out.
 
-All or nothing per batch, so one write's version conflict would fail its neighbours: a batch that
-fails on a constraint is sent again one write at a time, and each write gets its own answer.
+All or nothing per batch, so one write's version conflict (or a value the database refuses) would fail
+its neighbours: a batch the database refuses is sent again one write at a time, and each write gets its
+own answer. A lost connection fails the whole batch (503, retry later).
 The same statement serves one write inside a transaction (`subject_append_statement`).
 """
 
@@ -177,11 +178,12 @@ class WriteBatcher:
     async def _send(self, batch: list[_Pending]) -> None:
         try:
             found = await self._execute([p.append for p in batch])
-        except IntegrityError as error:
-            if len(batch) == 1:
+        except DBAPIError as error:
+            if len(batch) == 1 or error.connection_invalidated:
                 _fail(batch, error)
             else:
-                for pending in batch:  # whose conflict was it? each on its own
+                # Whose was it: a version conflict, or a value the database refused? Each on its own.
+                for pending in batch:
                     await self._send([pending])
             return
         except Exception as error:  # noqa: BLE001 - every waiter gets the failure

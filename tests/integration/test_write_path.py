@@ -6,18 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import uuid
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
+import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from consent.adapters import migrate
+from consent.adapters.database import Database
 from consent.adapters.log_verify import verify_log
 from consent.adapters.sql_store import SqlUnitOfWork
+from consent.adapters.write_batcher import SubjectAppend, WriteBatcher
 from consent.api import fast_consents
 from consent.api.app import create_app
 from consent.config import Settings
 from consent.domain.subject import Change, change_consents
-from tests.conftest import ADMIN, ADMIN_KEY, MASTER_KEY, empty_tables, on_app_loop
+from tests.conftest import (
+    ADMIN,
+    ADMIN_KEY,
+    MASTER_KEY,
+    create_postgres_database,
+    drop_postgres_database,
+    empty_tables,
+    on_app_loop,
+)
 from tests.integration.test_decision_queries import counted_queries
 
 MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
@@ -191,3 +206,50 @@ async def test_the_thin_layer_answers_consent_changes_and_nothing_else(settings,
         assert (await client.get("/v1/subjects/fay/consents", headers=ADMIN)).status_code == 200
         assert (await client.post("/v1/subjects/fay/erase", headers=ADMIN)).status_code == 200
     assert answered == (["fay"] if fast_writes else [])
+
+
+def raw_append(subject_id: str, stream_id: str | None = None) -> SubjectAppend:
+    """A first write of a subject, rows as the store makes them (the batcher does not read them)."""
+    now = datetime.now(UTC)
+    stream_id = stream_id or f"subject:{subject_id}"
+    return SubjectAppend(subject_id=subject_id, stream_id=stream_id, version=1, global_opt_out=False,
+                         events=[(uuid.uuid4(), 1, "consent.granted", "{}", '{"actor": "system"}', now, bytes(32))],
+                         consents=[("marketing", "", None, "granted", None, 1, now)], pseudonyms=[], new_key=None)
+
+
+async def test_a_value_the_database_refuses_fails_only_its_own_write(postgresql_url):
+    await empty_tables(postgresql_url)
+    database = Database(postgresql_url)
+    batcher = WriteBatcher(database.autocommit_engine, max_in_flight=1)
+    try:
+        writes = [raw_append(f"ok-{n}") for n in range(6)]
+        writes.insert(3, raw_append("too-long", stream_id="subject:" + "x" * 300))  # events.stream_id: 200 at most
+        answers = await asyncio.gather(*(batcher.append(w) for w in writes), return_exceptions=True)
+        assert isinstance(answers[3], DBAPIError) and not isinstance(answers[3], IntegrityError)
+        assert all(isinstance(a, list) and len(a) == 1 for n, a in enumerate(answers) if n != 3), answers
+        async with database.reading() as conn:
+            stored = (await conn.execute(sa.text("SELECT subject_id FROM subjects ORDER BY 1"))).scalars().all()
+        assert stored == [f"ok-{n}" for n in range(6)]
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.parametrize("thin", [True, False], ids=["fast", "litestar"])
+async def test_a_database_gone_is_a_503_problem_on_the_hot_routes(thin):
+    url = await create_postgres_database()
+    await asyncio.to_thread(migrate.upgrade, url)
+    settings = Settings(database_url=url, admin_keys=(ADMIN_KEY,), master_key=MASTER_KEY, scheduler_interval=0,
+                        checkpoint_interval=0, fast_writes=thin, fast_decisions=thin)
+    try:
+        async with AsyncTestClient(create_app(settings)) as client:
+            await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+            await client.post("/v1/subjects/gus/consents", headers=ADMIN, json=write())  # remembered by the cache
+            await drop_postgres_database(url)
+            for subject_id in ("gus", "hal"):  # a write without a read, and one that needs a read
+                answer = await client.post(f"/v1/subjects/{subject_id}/consents", headers=ADMIN, json=write("object"))
+                assert answer.status_code == 503 and answer.json()["code"] == "unavailable", answer.text
+            decision = await client.post("/v1/decisions", headers=ADMIN, json={
+                "subject_id": "ivy", "purpose": "marketing", "scopes": ["profile"], "partner": "acme"})
+            assert decision.status_code == 503 and decision.json()["code"] == "unavailable", decision.text
+    finally:
+        await drop_postgres_database(url)
