@@ -217,6 +217,7 @@ class SqlUnitOfWork:
         # which spares the BEGIN and COMMIT round trips on the write hot path.
         self._autocommit = single_write and not database.is_sqlite
         self._committed = False
+        self._connected = False
         # stream -> (version, hash) of its last event as read or written here: what the next append chains to.
         self._stream_heads: dict[str, tuple[int, bytes]] = {}
         self.conn: AsyncConnection
@@ -228,6 +229,7 @@ class SqlUnitOfWork:
                 self._committed = True  # connects on its first statement (_connect_for_autocommit)
             else:
                 self.conn = await self._database.engine.connect()
+                self._connected = True
                 await self.conn.begin()
         except BaseException:
             self._database.release_writer()
@@ -237,12 +239,13 @@ class SqlUnitOfWork:
     async def _connect_for_autocommit(self) -> None:
         """A single write answered from the write cache and sent by the batcher needs no connection of
         its own: one is taken only for a statement of this unit's."""
-        if self._autocommit and not hasattr(self, "conn"):
+        if not self._connected:
             self.conn = await self._database.autocommit_engine.connect()
+            self._connected = True
 
     async def __aexit__(self, *exc: Any) -> None:
         try:
-            if hasattr(self, "conn"):
+            if self._connected:
                 if not self._committed:
                     await self.conn.rollback()
                 await self.conn.close()
