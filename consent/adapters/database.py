@@ -38,6 +38,8 @@ class Database:
         self.autocommit_engine: AsyncEngine = self.engine if self.is_sqlite else create_async_engine(
             self.url, **{**options, "pool_size": pool_size, "max_overflow": pool_size // 2},
             isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        self._options = options
+        self._dedicated: list[AsyncEngine] = []
         # SQLite has one writer: serialise this process's write transactions instead of
         # letting them fail with "database is locked" when one upgrades from read to write.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -61,10 +63,21 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
+    def dedicated_engine(self, size: int) -> AsyncEngine:
+        """Autocommit connections of one part's own, at most `size`, disposed with the others. For a part
+        that requests wait on while holding a pooled connection (the write batcher): sharing their pool,
+        it could find it empty, held by those very requests."""
+        engine = create_async_engine(self.url, **{**self._options, "pool_size": size, "max_overflow": 0},
+                                     isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        self._dedicated.append(engine)
+        return engine
+
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self.autocommit_engine is not self.engine:
             await self.autocommit_engine.dispose()
+        for engine in self._dedicated:
+            await engine.dispose()
 
     def upsert(self, table: sa.Table):
         """An INSERT that can take `.on_conflict_do_update`, in this database's dialect."""

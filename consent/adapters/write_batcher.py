@@ -24,7 +24,8 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from consent.adapters.database import Database
 
 
 class SubjectAppend(NamedTuple):
@@ -133,8 +134,9 @@ class _Pending(NamedTuple):
 
 
 class WriteBatcher:
-    def __init__(self, engine: AsyncEngine, max_batch: int = 64, max_in_flight: int = 4) -> None:
-        self._engine = engine
+    def __init__(self, database: Database, max_batch: int = 64, max_in_flight: int = 4) -> None:
+        # Connections of its own: the writes waiting for it may hold every connection of the shared pool.
+        self._engine = database.dedicated_engine(max_in_flight)
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._queue: list[_Pending] = []

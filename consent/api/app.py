@@ -117,7 +117,7 @@ class Container:
         # Seals personal fields in the log and opens them for readers (consent/adapters/subject_keys.py).
         self.subject_keys = SubjectKeys(master_keys(settings))
         self.write_cache = SubjectWriteCache(settings.write_cache_size)
-        self.batcher = None if self.database.is_sqlite else WriteBatcher(self.database.autocommit_engine)
+        self.batcher = None if self.database.is_sqlite else WriteBatcher(self.database)
         unit_of_work = functools.partial(SqlUnitOfWork, self.database, keys=self.subject_keys,
                                          write_cache=self.write_cache, batcher=self.batcher)
         self.service = ConsentService(unit_of_work, self.bus, self.clock, catalog,

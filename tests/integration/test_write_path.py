@@ -134,16 +134,16 @@ async def test_erasure_leaves_nothing_of_the_subject_in_the_write_cache(client):
     assert again.status_code == 200 and again.json()["version"] == 3
 
 
-async def concurrent_changes(client, subject_ids: list[str], action: str = "grant") -> list:
-    """Writes started together on the app's own loop, so that they meet in the batcher."""
+async def concurrent_changes_here(client, subject_ids: list[str], action: str = "grant") -> list:
+    """Writes started together (on the app's own loop), so that they meet in the batcher."""
     service = client.app.state.container.service
+    return await asyncio.gather(*(
+        service.change_consents(s, [Change(purpose="marketing", action=action)], "api", None, "admin:test")
+        for s in subject_ids), return_exceptions=True)
 
-    async def all_at_once():
-        return await asyncio.gather(*(
-            service.change_consents(s, [Change(purpose="marketing", action=action)], "api", None, "admin:test")
-            for s in subject_ids), return_exceptions=True)
 
-    return await on_app_loop(client, all_at_once)
+async def concurrent_changes(client, subject_ids: list[str], action: str = "grant") -> list:
+    return await on_app_loop(client, concurrent_changes_here, client, subject_ids, action)
 
 
 async def test_concurrent_writes_are_committed_together(pg_settings):
@@ -220,7 +220,7 @@ def raw_append(subject_id: str, stream_id: str | None = None) -> SubjectAppend:
 async def test_a_value_the_database_refuses_fails_only_its_own_write(postgresql_url):
     await empty_tables(postgresql_url)
     database = Database(postgresql_url)
-    batcher = WriteBatcher(database.autocommit_engine, max_in_flight=1)
+    batcher = WriteBatcher(database, max_in_flight=1)
     try:
         writes = [raw_append(f"ok-{n}") for n in range(6)]
         writes.insert(3, raw_append("too-long", stream_id="subject:" + "x" * 300))  # events.stream_id: 200 at most
@@ -253,3 +253,17 @@ async def test_a_database_gone_is_a_503_problem_on_the_hot_routes(thin):
             assert decision.status_code == 503 and decision.json()["code"] == "unavailable", decision.text
     finally:
         await drop_postgres_database(url)
+
+
+async def test_more_first_writes_at_once_than_the_pool_has_connections_all_land(pg_settings):
+    """Each first write holds a pooled connection (its read) while it waits for its batch: the batcher
+    must not need one of those (it has connections of its own), or all of them wait for the pool timeout."""
+    async with AsyncTestClient(create_app(pg_settings)) as client:
+        await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+        subject_ids = [f"crowd-{n}" for n in range(150)]  # the shared pool holds 32 + 16
+
+        async def bounded():
+            return await asyncio.wait_for(concurrent_changes_here(client, subject_ids), timeout=20)
+
+        answers = await on_app_loop(client, bounded)
+        assert [getattr(a, "version", a) for a in answers] == [1] * 150
