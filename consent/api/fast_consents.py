@@ -1,7 +1,8 @@
 """POST /v1/subjects/{subject_id}/consents as a thin ASGI layer in front of the Litestar handler.
 
 The consent write is the hot path of writes, and Litestar's machinery on it (signature modelling,
-dependency injection, response building) costs about a sixth of a write's CPU (BENCHMARKS.md, issue 3).
+dependency injection, response building) cost a quarter to a half of a write's server CPU in the
+measured runs (BENCHMARKS.md, issue 3).
 Like POST /v1/decisions (fast_decisions.py), this layer answers the route with the same Structs,
 authenticator, header limits and handler body (`subjects.change_consents`); the Litestar route stays
 for the OpenAPI document and is what runs when the layer is off (`CONSENT_FAST_WRITES=0`). The tests
