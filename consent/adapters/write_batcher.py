@@ -141,18 +141,23 @@ class WriteBatcher:
         self._max_in_flight = max_in_flight
         self._queue: list[_Pending] = []
         self._in_flight = 0
+        self._senders: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self.batches = 0  # statements sent, for the tests and the curious
         self.writes = 0
 
     async def append(self, append: SubjectAppend) -> list[int]:
         """Commit this write (with whatever else is ready); its events' positions, in order.
 
-        Raises IntegrityError on a version conflict, as a statement of its own would."""
-        answer: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        Raises what a statement of its own would: IntegrityError on a version conflict, DBAPIError when the
+        database refuses a value or is unavailable."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[int]] = loop.create_future()
         self._queue.append(_Pending(append, answer))
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._send_while_queued())
+            sender = loop.create_task(self._send_while_queued())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
         return await answer
 
     async def _send_while_queued(self) -> None:
