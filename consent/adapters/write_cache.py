@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from consent.adapters.subject_keys import KeyRow
-from consent.app.packed_state import pack, packed_version, unpack
+from consent.app.packed_state import pack, unpack
 from consent.app.ports import RecordedEvent
 from consent.domain.subject import SUBJECT_PREFIX, SubjectConsents
 
@@ -26,6 +26,7 @@ from consent.domain.subject import SUBJECT_PREFIX, SubjectConsents
 class WriteHead(NamedTuple):
     """A subject as its last write here left it."""
 
+    version: int  # the state's, kept apart so that comparing it needs no unpacking
     packed: bytes  # the state, packed (consent/app/packed_state.py)
     head_hash: bytes  # hash of the stream's last event
     key_row: KeyRow | None  # its data key as stored, None: it has none
@@ -47,9 +48,9 @@ class SubjectWriteCache:
 
     def put(self, state: SubjectConsents, head_hash: bytes, key_row: KeyRow | None) -> None:
         held = self._heads.get(state.subject_id)
-        if self._capacity <= 0 or (held is not None and packed_version(held.packed) >= state.version):
+        if self._capacity <= 0 or (held is not None and held.version >= state.version):
             return  # a write committed since (commits and their reports may interleave)
-        self._heads[state.subject_id] = WriteHead(pack(state), head_hash, key_row)
+        self._heads[state.subject_id] = WriteHead(state.version, pack(state), head_hash, key_row)
         self._heads.move_to_end(state.subject_id)
         while len(self._heads) > self._capacity:
             self._heads.popitem(last=False)
@@ -64,5 +65,5 @@ class SubjectWriteCache:
                 continue
             subject_id = item.stream_id[len(SUBJECT_PREFIX):]
             head = self._heads.get(subject_id)
-            if head is not None and packed_version(head.packed) < item.stream_version:
+            if head is not None and head.version < item.stream_version:
                 del self._heads[subject_id]

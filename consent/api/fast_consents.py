@@ -17,9 +17,9 @@ import msgspec
 
 from consent.api.auth import Authenticator
 from consent.api.errors import problem
-from consent.api.fast_decisions import ASGIApp, read_body, respond
 from consent.api.schemas import ConsentRequest
 from consent.api.subjects import HEADER_LIMITS, change_consents
+from consent.api.thin_asgi import ASGIApp, read_body, respond
 from consent.app.services import ConsentService
 
 _decode_request = msgspec.json.Decoder(ConsentRequest).decode

@@ -10,23 +10,18 @@ turned off (`CONSENT_FAST_DECISIONS=0`). The tests run the decision suite both w
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
-from litestar.plugins.problem_details import ProblemDetailsException
 
 from consent.api.auth import Authenticator
 from consent.api.decisions import DecisionRequest, asking_partner, by_pseudonym
-from consent.api.errors import as_problem, problem
+from consent.api.errors import problem
+from consent.api.thin_asgi import ASGIApp, read_body, respond
 from consent.app.decisions import DecisionService, Question
 
 _decode_request = msgspec.json.Decoder(DecisionRequest).decode
 _encode = msgspec.json.Encoder().encode
-_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-_PROBLEM_HEADERS = [(b"content-type", b"application/problem+json"), (b"cache-control", b"no-store")]
-
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
 def fast_decisions(authenticator: Callable[[], Authenticator],
@@ -61,39 +56,3 @@ async def _decide(scope: dict, receive, authenticator: Authenticator, decisions:
                         partner=asking_partner(principal, request.partner, decisions, [request.subject_id]),
                         pseudonymous=by_pseudonym(principal, decisions))
     return _encode(await decisions.decide(question, request.min_position))
-
-
-async def respond(send, answer: Callable[[], Awaitable[bytes]]) -> None:
-    """Send `answer()` as 200 JSON, or what it raised as problem details, as the Litestar routes would."""
-    try:
-        status, headers, body = 200, _JSON_HEADERS, await answer()
-    except ProblemDetailsException as error:
-        status, headers, body = _problem_response(error)
-    except Exception as error:  # noqa: BLE001 - never a bare 500 without a problem body
-        status, headers, body = _problem_response(as_problem(error))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def read_body(receive, max_body: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_body:
-            raise problem(413, "payload_too_large", f"a request body is at most {max_body} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _problem_response(error: ProblemDetailsException) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    body: dict[str, Any] = {"status": error.status_code, "type": error.type_, "title": error.title,
-                            "detail": error.detail}
-    if isinstance(error.extra, dict):
-        body.update(error.extra)
-    headers = _PROBLEM_HEADERS + [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
-    return error.status_code, headers, _encode(body)
