@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# `make run HOST=0.0.0.0 PORT=9000`
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test install install-dev openapi asyncapi bench clean
 
@@ -16,10 +19,10 @@ install-dev: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 
 run: install
-	$(BIN)/consent serve
+	$(BIN)/consent serve --host $(HOST) --port $(PORT)
 
 test: install-dev
-	$(BIN)/ruff check consent tests examples
+	$(BIN)/ruff check consent tests examples bench
 	$(BIN)/python -m pytest -q
 
 openapi: install
@@ -32,4 +35,4 @@ bench: install-dev
 	$(BIN)/python bench/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache consent.db consent.db-wal consent.db-shm
+	rm -rf $(VENV) .pytest_cache consent.db consent.db-wal consent.db-shm consent.db.master-key

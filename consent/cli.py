@@ -4,58 +4,126 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
+from consent import cli_keys
 from consent.adapters import migrate
-from consent.config import Settings
+from consent.config import SHARED_KEYS, Settings, SettingsError
+from consent.config_fields import env_variable
+from consent.logs import configure_logging, logging_config
+
+SHARED = ", ".join(env_variable(name) for name in SHARED_KEYS)
+# Commands that read an existing log: they need its database, migrated (never created by them).
+NEEDS_MIGRATED = {("audit", "verify"), ("projections", "rebuild"), ("keys", "rewrap")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="consent", description="Consent management service")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    serve = commands.add_parser("serve", help="serve the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--migrate", action="store_true", help="upgrade the database schema first")
-    serve.add_argument("--workers", type=int, default=1)
+    try:
+        return version("consent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
-    relay = commands.add_parser("relay", help="run only the outbox relay to NATS (one of several publishes)")
+
+def _at_least(low: int):
+    def whole(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, not {text!r}")
+        return int(text)
+    return whole
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consent", description="Consent management service.",
+        epilog="Settings come from CONSENT_* environment variables (README, Configuration); a bad value stops "
+               "a command with exit status 2 and a line naming the variable.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, needs: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {needs}")
+
+    serve = command("serve", "serve the HTTP API",
+                    "Reads every CONSENT_* setting; on its own, the embedded default (SQLite file ./consent.db, "
+                    f"migrated at start, in-process event bus). On PostgreSQL it needs {SHARED} "
+                    "(`consent keys init` makes them) or CONSENT_ALLOW_EPHEMERAL_KEYS=1.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=_at_least(1), default=8000, help="TCP port to listen on (default: %(default)s)")
+    serve.add_argument("--migrate", action="store_true", help="upgrade the PostgreSQL schema first")
+    serve.add_argument("--workers", type=_at_least(1), default=1,
+                       help="worker processes; more than one needs CONSENT_DATABASE_URL on PostgreSQL and "
+                            "CONSENT_NATS_URL (SQLite and the in-process bus are one process's) (default: %(default)s)")
+
+    relay = command("relay", "run only the outbox relay to NATS (one of several publishes)",
+                    "Needs CONSENT_DATABASE_URL (PostgreSQL, migrated) and CONSENT_NATS_URL; reads "
+                    "CONSENT_NATS_STREAM, CONSENT_NATS_SUBJECT_PREFIX and CONSENT_EVENT_SOURCE.")
     relay.add_argument("--report", action="store_true",
                        help="write the relay's state as JSON lines on stdout and stop with the parent process "
                             "(how `consent serve` runs it with CONSENT_RELAY=process)")
 
-    db = commands.add_parser("db", help="database schema migrations")
+    db = command("db", "database schema migrations", "Needs CONSENT_DATABASE_URL (default: ./consent.db).")
     db.add_argument("action", choices=["upgrade", "downgrade"])
     db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
 
-    projections = commands.add_parser("projections", help="read models")
+    projections = command("projections", "read models", "Needs CONSENT_DATABASE_URL, migrated (`consent db upgrade`).")
     projections.add_argument("action", choices=["rebuild"], help="replay the whole log into fresh read tables")
 
-    audit = commands.add_parser("audit", help="the tamper-evident log")
+    audit = command("audit", "the tamper-evident log", "Needs CONSENT_DATABASE_URL, migrated (`consent db upgrade`).")
     audit.add_argument("action", choices=["verify"],
                        help="recompute every event's hash chain and the checkpoints; exit 1 at the first broken link")
 
-    keys = commands.add_parser("keys", help="signing keys, and the master key of subjects' data keys")
-    keys.add_argument("action", choices=["new-receipt-key", "rewrap"],
-                      help="put a new receipt signing key first in FILE (created if missing); older keys stay "
-                           "published so that receipts they signed still verify")
-    keys.add_argument("file", metavar="FILE", nargs="?",
-                      help="new-receipt-key: JWKS file of Ed25519 private keys (CONSENT_RECEIPT_KEYS)")
-    keys.add_argument("--batch", type=int, default=500,
-                      help="rewrap: wrap every subject's data key again with CONSENT_MASTER_KEY, this many keys "
-                           "a transaction; events are not touched")
+    keys = command("keys", "secrets: a fresh set, receipt signing keys, the master key of subjects' data keys",
+                   "init and new-receipt-key need no setting; rewrap needs CONSENT_DATABASE_URL (migrated), "
+                   "CONSENT_MASTER_KEY and CONSENT_MASTER_KEYS_OLD.")
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = actions.add_parser(
+        "init",
+        help=f"print a fresh set of secrets: CONSENT_ADMIN_KEYS, {SHARED}",
+        description=f"Print a fresh set of secrets, CONSENT_ADMIN_KEYS, {SHARED}, for a .env file or a secret "
+                    "store; every replica on one database needs the same. Needs no setting.")
+    init.add_argument("--format", choices=["env", "json"], default="env",
+                      help="env: NAME='value' lines (docker compose, systemd); json: one object "
+                           "(default: %(default)s)")
+    init.add_argument("--write", metavar="FILE",
+                      help="write them to FILE (mode 0600) instead of printing them; an existing FILE is refused")
+    rotate = actions.add_parser(
+        "new-receipt-key", help="put a new receipt signing key first in a JWKS file",
+        description="Put a new receipt signing key first in FILE (created if missing); older keys stay published "
+                    "so that receipts they signed still verify. Needs no setting; point CONSENT_RECEIPT_KEYS at "
+                    "FILE and restart every replica.")
+    rotate.add_argument("file", metavar="FILE", help="JWKS file of Ed25519 private keys (CONSENT_RECEIPT_KEYS)")
+    rewrap = actions.add_parser(
+        "rewrap",
+        help="wrap every subject's data key again with CONSENT_MASTER_KEY",
+        description="Wrap every subject's data key again with CONSENT_MASTER_KEY, after the old one moved to "
+                    "CONSENT_MASTER_KEYS_OLD; events are not touched. Needs CONSENT_DATABASE_URL (migrated).")
+    rewrap.add_argument("--batch", type=_at_least(1), default=500,
+                        help="data keys a transaction (default: %(default)s)")
+    return parser
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()  # JSON lines unless on a terminal (CONSENT_LOG_FORMAT)
+    if args.command == "keys" and args.action == "init":
+        return cli_keys.init(args.format, args.write)
     if args.command == "keys" and args.action == "new-receipt-key":
-        if args.file is None:
-            parser.error("keys new-receipt-key needs FILE")
-        return _new_receipt_key(args.file)
-    settings = Settings.from_env()
+        return cli_keys.new_receipt_key(args.file)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"consent: {error}", file=sys.stderr)
+        return 2
+    if (args.command, getattr(args, "action", None)) in NEEDS_MIGRATED:
+        problem = asyncio.run(migrate.schema_problem(settings.database_url))
+        if problem is not None:
+            print(f"consent {args.command} {args.action}: {problem}", file=sys.stderr)
+            return 1
+
     if args.command == "keys":
-        return asyncio.run(_rewrap(settings, args.batch))
+        return asyncio.run(cli_keys.rewrap(settings, args.batch))
 
     if args.command == "db":
         if args.action == "upgrade":
@@ -74,58 +142,33 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "audit":
         return asyncio.run(_verify(settings))
+    return _serve(settings, args)
 
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from consent.adapters.receipt_keys import ReceiptKeys, is_inline
+
+    if args.workers > 1 and (settings.embedded or settings.nats_url is None):
+        # Each worker would migrate the SQLite file at once, and keep its own catalog and cache: writes to one
+        # would never reach the others without the NATS feed.
+        print("consent serve: --workers above 1 needs CONSENT_DATABASE_URL on PostgreSQL and CONSENT_NATS_URL "
+              "(the embedded SQLite default and its in-process bus serve one process)", file=sys.stderr)
+        return 2
+    try:
+        settings.require_shared_keys()
+        if settings.receipt_keys is not None and not is_inline(settings.receipt_keys):
+            ReceiptKeys.from_file(settings.receipt_keys)  # refused here rather than by every worker
+    except ValueError as error:  # SettingsError, ReceiptKeyError
+        print(f"consent serve: {error}", file=sys.stderr)
+        return 2
     if args.migrate and not settings.embedded:
         migrate.upgrade(settings.database_url)
     import uvicorn
 
     uvicorn.run("consent.api.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, access_log=False, log_level="info", loop="auto", http="auto")
+                workers=args.workers, access_log=False, log_level="info", loop="auto", http="auto",
+                log_config=logging_config(settings.log_format))  # uvicorn's lines in the same format
     return 0
-
-
-def _new_receipt_key(path: str) -> int:
-    from pathlib import Path
-
-    from consent.adapters.receipt_keys import ReceiptKeyError, add_new_key
-
-    try:
-        kid, kept = add_new_key(Path(path))
-    except (ReceiptKeyError, OSError) as error:
-        print(f"consent keys: {error}", file=sys.stderr)
-        return 1
-    print(f"receipt key {kid} now signs; {kept} older key(s) kept in {path} to verify earlier receipts. "
-          "Restart every replica on this file.")
-    return 0
-
-
-async def _rewrap(settings: Settings, batch: int) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from consent.adapters.cipher import UnknownMasterKey
-    from consent.adapters.database import Database
-    from consent.adapters.key_rotation import count_outdated, rewrap_all
-    from consent.adapters.master_key import master_keys
-
-    master = master_keys(settings)
-    if master is None:
-        print("consent keys rewrap: CONSENT_MASTER_KEY is not set", file=sys.stderr)
-        return 1
-    database = Database(settings.database_url)
-    try:
-        columns = (TextColumn("rewrapping data keys"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns) as bar:
-            task = bar.add_task("keys", total=await count_outdated(database, master))
-            report = await rewrap_all(database, master, max(batch, 1), lambda n: bar.advance(task, n))
-    except UnknownMasterKey as error:
-        print(f"consent keys rewrap: {error}; add it to CONSENT_MASTER_KEYS_OLD. Nothing was changed.",
-              file=sys.stderr)
-        return 1
-    finally:
-        await database.dispose()
-    print(f"{report.rewrapped} data keys rewrapped under master key {master.current_id} in {report.seconds:.1f} s; "
-          f"{report.unreadable} did not unwrap; {report.remaining} not under it now")
-    return 0 if report.unreadable == 0 else 1
 
 
 async def _over_the_log(settings: Settings, label: str, walk):

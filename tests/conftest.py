@@ -23,6 +23,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from consent.adapters import migrate
+from consent.adapters.receipt_keys import new_key_set
 from consent.adapters.tables import metadata
 from consent.api.app import create_app
 from consent.config import Settings
@@ -31,6 +32,14 @@ POSTGRES_URL = os.environ.get("CONSENT_TEST_POSTGRES_URL", "postgresql://postgre
 ADMIN_KEY = "test-admin-key-0123456789"
 USER_TOKEN_SECRET = "test-user-token-secret-0123456789abcdef"
 MASTER_KEY = "dGVzdCBtYXN0ZXIga2V5OiAzMiBieXRlcyBsb25nISE="  # base64 of 32 bytes: wraps subjects' data keys
+TOKEN_SIGNING_KEY = "test-token-signing-key-0123456789abcdef"
+PSEUDONYM_KEY = "test-shared-pseudonym-key-0123456789abcdef"
+RECEIPT_KEYS = new_key_set()  # an inline JWKS, made once for the whole run
+# The keys every replica on PostgreSQL must share (the service refuses to start there without them), as
+# Settings fields and as the environment of a `consent serve` or uvicorn child.
+SHARED_KEYS = {"master_key": MASTER_KEY, "token_signing_key": TOKEN_SIGNING_KEY, "pseudonym_key": PSEUDONYM_KEY,
+               "receipt_keys": RECEIPT_KEYS}
+SHARED_KEYS_ENV = {f"CONSENT_{name.upper()}": value for name, value in SHARED_KEYS.items()}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -51,6 +60,12 @@ class FakeClock:
 def user_headers(subject_id: str, ttl: int = 300, secret: str = USER_TOKEN_SECRET) -> dict[str, str]:
     token = jwt.encode({"sub": subject_id, "exp": int(time.time()) + ttl}, secret, algorithm="HS256")
     return {"Authorization": f"Bearer {token}"}
+
+
+def tail(output: str, lines: int = 20) -> str:
+    """The last lines of a child process's output, for an assertion message that stays readable."""
+    kept = output.rstrip().splitlines()[-lines:]
+    return "\n".join(kept) if kept else "(no output)"
 
 
 async def create_postgres_database() -> str:
@@ -136,7 +151,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET,
-                    master_key=MASTER_KEY)
+                    **SHARED_KEYS)
 
 
 @pytest.fixture
@@ -191,6 +206,7 @@ def no_secret_in_any_log_line():
     yield
     root.removeHandler(recorder)
     root.setLevel(previous)
-    secrets = (ADMIN_KEY, USER_TOKEN_SECRET, MASTER_KEY, "Bearer ", "eyJ", "client_secret=")
+    secrets = (ADMIN_KEY, USER_TOKEN_SECRET, MASTER_KEY, TOKEN_SIGNING_KEY, PSEUDONYM_KEY, "Bearer ", "eyJ",
+               "client_secret=")
     leaks = [line for line in recorder.lines if any(secret in line for secret in secrets)]
     assert not leaks, f"{len(leaks)} log lines carry a credential, e.g. {leaks[0][:300]}"

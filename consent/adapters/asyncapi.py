@@ -15,16 +15,22 @@ import yaml
 from consent.adapters.cloudevents import PRIVATE_FIELDS, PSEUDONYMOUS, TYPE_PREFIX, is_published
 from consent.domain.events import EVENT_TYPES
 
+# How an id is written as one subject token (consent/adapters/cloudevents.py, `subject_token`).
+TOKEN_FORM = ("one subject token: every character outside A-Z a-z 0-9 _ - is written %XX per UTF-8 byte "
+              "(a dot as %2E), so a wildcard `*` matches any id; decode with any URL decoder")
+
 
 def _channel(tag: str) -> tuple[str, str, dict[str, Any]]:
     aggregate, kind = tag.split(".", 1)
     if aggregate == "subject":
         address = f"consent.v1.subject.{kind}.{{purpose}}.{{partner}}"
-        parameters = {"purpose": {"description": "purpose id, or _ when none"},
-                      "partner": {"description": "partner id, or _ for a first-party choice"}}
+        parameters = {"purpose": {"description": f"purpose id, or _ when none; {TOKEN_FORM}"},
+                      "partner": {"description": f"partner id, or _ for a first-party choice; {TOKEN_FORM}"}}
     else:
         address = f"consent.v1.{aggregate}.{kind}.{{id}}"
-        parameters = {"id": {"description": f"{aggregate} id"}}
+        parameters = {"id": {"description": f"{aggregate} id; {TOKEN_FORM}"}}
+        if aggregate == "scope":
+            parameters["id"]["examples"] = ["orders", "profile%2Eemail"]
     return f"{aggregate}_{kind}", address, parameters
 
 
@@ -81,7 +87,11 @@ def document() -> dict[str, Any]:
         "info": {"title": "Consent service events", "version": "1.0.0",
                  "description": "Every consent and catalog change, on the JetStream stream CONSENT over "
                                 "consent.v1.>, as CloudEvents 1.0 in structured JSON mode. Per stream, "
-                                "events arrive in stream-version order."},
+                                "events arrive in stream-version order. Each id in a subject is one token, "
+                                "percent-encoded (scope profile.email: consent.v1.scope.defined.profile%2Eemail); "
+                                "the CloudEvent's `subject` holds the id itself. Earlier builds wrote a dotted "
+                                "scope id as several tokens (consent.v1.scope.defined.profile.email) and a stream "
+                                "may still hold such messages: consent.v1.scope.defined.> matches both forms."},
         "defaultContentType": "application/cloudevents+json",
         "servers": {"nats": {"host": "localhost:4222", "protocol": "nats"}},
         "channels": channels,

@@ -90,6 +90,11 @@ def decode_master_key(text: str, name: str) -> bytes:
     return key
 
 
+def new_master_key() -> str:
+    """A fresh master key as configured: base64 of KEY_SIZE random bytes."""
+    return base64.b64encode(os.urandom(KEY_SIZE)).decode("ascii")
+
+
 def master_key_id(key: bytes) -> str:
     """A fingerprint that names a master key in the database without revealing anything about it."""
     return hashlib.sha256(b"consent master key id\x00" + key).hexdigest()[:16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -23,14 +24,31 @@ PSEUDONYMOUS = "pseudonymous"
 _encode = msgspec.json.Encoder().encode
 
 
+# Characters an id keeps in a NATS subject token; every other one is percent-encoded.
+_NOT_TOKEN_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def subject_token(value: str) -> str:
+    """One NATS subject token for an id, whatever characters it holds: each character outside
+    `A-Z a-z 0-9 _ -` becomes `%XX` per UTF-8 byte (`profile.email` -> `profile%2Eemail`).
+
+    A NATS token cannot hold `.` (the separator), whitespace, or `*`/`>` (wildcards); a dotted scope id
+    written as is became several tokens, which `....scope.defined.*` did not match. `%` is escaped too,
+    so the form is reversible by any URL decoder (`urllib.parse.unquote`), and `_` alone (no purpose,
+    no partner) is never an id: ids start with a letter or digit."""
+    return _NOT_TOKEN_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+
+
 def nats_subject(recorded: RecordedEvent, prefix: str = "consent.v1") -> str:
-    """`consent.v1.subject.granted.<purpose or _>.<partner or _>`, `consent.v1.purpose.defined.<id>`, ..."""
+    """`consent.v1.subject.granted.<purpose or _>.<partner or _>`, `consent.v1.purpose.defined.<id>`, ...:
+    every id one token (see `subject_token`)."""
     aggregate, kind = event_type(recorded.event).split(".", 1)
     if aggregate == "subject":
-        purpose = getattr(recorded.event, "purpose", None) or "_"
-        partner = getattr(recorded.event, "partner", None) or "_"
-        return f"{prefix}.subject.{kind}.{purpose}.{partner}"
-    return f"{prefix}.{aggregate}.{kind}.{recorded.stream_id.split(':', 1)[1]}"
+        purpose = getattr(recorded.event, "purpose", None)
+        partner = getattr(recorded.event, "partner", None)
+        return (f"{prefix}.subject.{kind}.{subject_token(purpose) if purpose else '_'}"
+                f".{subject_token(partner) if partner else '_'}")
+    return f"{prefix}.{aggregate}.{kind}.{subject_token(recorded.stream_id.split(':', 1)[1])}"
 
 
 def cloudevent(recorded: RecordedEvent, source: str) -> dict[str, Any]:

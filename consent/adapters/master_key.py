@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from consent.adapters.cipher import KEY_SIZE, MasterKeys, decode_master_key
+from consent.adapters.cipher import KEY_SIZE, MasterKeys, decode_master_key, new_master_key
 from consent.config import Settings
 
 log = logging.getLogger("consent.keys")
@@ -58,7 +57,7 @@ def _read_or_create(path: Path) -> bytes:
         descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(descriptor, "w") as file:
-                file.write(base64.b64encode(os.urandom(KEY_SIZE)).decode("ascii") + "\n")
+                file.write(new_master_key() + "\n")
             with contextlib.suppress(FileExistsError):
                 os.link(draft, path)
         finally:

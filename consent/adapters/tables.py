@@ -206,3 +206,17 @@ relay_checkpoints = sa.Table(
     sa.Column("position", sa.BigInteger(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# Each partner's traffic by the minute, summed over every replica: each process adds what it counted since
+# its last flush (consent/adapters/partner_health_store.py). `metric` is decision, denial, violation,
+# request, latency (requests by latency bucket) or latency_us (their total, in microseconds); `label`
+# the outcome, reason, kind, status class or bucket. GET /v1/partners/{id}/health sums a window of it.
+partner_health = sa.Table(
+    "partner_health", metadata,
+    sa.Column("partner_id", sa.String(64), primary_key=True),
+    sa.Column("bucket_start", UTCDateTime(), primary_key=True),
+    sa.Column("metric", sa.String(16), primary_key=True),
+    sa.Column("label", sa.String(32), primary_key=True),
+    sa.Column("n", sa.BigInteger(), nullable=False),
+    sa.Index("ix_partner_health_bucket_start", "bucket_start"),  # pruning the oldest
+)

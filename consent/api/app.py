@@ -7,15 +7,13 @@ import functools
 import gc
 import logging
 import secrets
-from typing import Annotated
+from importlib.metadata import version
 
 from litestar import Litestar
 from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.logging.config import LoggingConfig
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
-from litestar.params import HeaderParameter
 
 from consent.adapters import migrate
 from consent.adapters.database import Database
@@ -24,6 +22,7 @@ from consent.adapters.master_key import master_keys
 from consent.adapters.memory_bus import InProcessBus
 from consent.adapters.nats_feed import NatsFeed
 from consent.adapters.nats_relay import Relay
+from consent.adapters.partner_health_store import HealthFlusher, PartnerHealthReader
 from consent.adapters.receipt_keys import load_or_generate
 from consent.adapters.relay_process import RelayChild, relay_env
 from consent.adapters.sql_credentials import SqlCredentialStore
@@ -32,9 +31,9 @@ from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_cat
 from consent.adapters.subject_keys import SubjectKeys, forget_erased
 from consent.adapters.write_batcher import WriteBatcher
 from consent.adapters.write_cache import SubjectWriteCache
-from consent.api import health
+from consent.api import guards, health
 from consent.api.audit import audit
-from consent.api.auth import Authenticator, Principal
+from consent.api.auth import Authenticator
 from consent.api.catalog import PartnerController, PurposeController, ScopeController
 from consent.api.cors import cors_config
 from consent.api.decisions import DecisionController, PermissionController
@@ -43,10 +42,14 @@ from consent.api.fast_consents import fast_consents
 from consent.api.fast_decisions import fast_decisions
 from consent.api.idp_tokens import identity_provider
 from consent.api.metrics import metrics, metrics_registry
-from consent.api.partner_access import CredentialController, revoke_token, token
+from consent.api.observability import observed
+from consent.api.openapi_doc import DocumentedOpenAPIConfig
+from consent.api.partner_access import CredentialController, authorization_server_metadata, revoke_token, token
+from consent.api.partner_health import PartnerHealthController
 from consent.api.pseudonyms import subject_pseudonym
 from consent.api.receipts import ReceiptController, jwks
 from consent.api.subjects import SubjectController
+from consent.api.viewer import SCHEMA_PATH, index, render_plugins, schema_router
 from consent.app.decisions import DecisionService
 from consent.app.partner_access import PARTNER_SCOPE_DESCRIPTIONS, PartnerAccess
 from consent.app.ports import Clock, SystemClock
@@ -57,11 +60,12 @@ from consent.app.receipts import ReceiptIssuer, ReceiptSettings
 from consent.app.scheduler import Scheduler
 from consent.app.services import ConsentService
 from consent.app.subject_records import SubjectRecords
+from consent.app.telemetry import Telemetry
 from consent.config import Settings
 
 log = logging.getLogger("consent")
 
-API_VERSION = "1.0.0"
+API_VERSION = version("consent")  # the package's version (pyproject.toml): one source of truth
 
 
 class Container:
@@ -81,9 +85,16 @@ class Container:
         self.bus = InProcessBus()
         self.relay: Relay | RelayChild | None = None
         self.feed: NatsFeed | None = None
+        # Traffic by partner and route (GET /metrics), flushed for partner health (consent/app/partner_health.py).
+        self.telemetry = Telemetry(lambda partner_id: partner_id in self.service.catalog.partners)
+        self.partner_health = PartnerHealthReader(self.database, clock, settings.metrics_flush_interval)
 
     async def start(self) -> None:
         settings = self.settings
+        settings.require_shared_keys()  # SettingsError on PostgreSQL without them, unless explicitly allowed
+        if missing := settings.missing_shared_keys():
+            log.warning("CONSENT_ALLOW_EPHEMERAL_KEYS: starting without %s; not for production "
+                        "(`consent keys init` makes them)", ", ".join(missing))
         if settings.embedded:
             # The embedded default migrates itself; PostgreSQL is migrated by `consent db upgrade`.
             await _run_sync(migrate.upgrade, settings.database_url)
@@ -134,7 +145,7 @@ class Container:
                                            lambda: self.service.catalog, subjects)
         await subjects.start()
         self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock,
-                                         sandbox_prefix=settings.sandbox_subject_prefix)
+                                         sandbox_prefix=settings.sandbox_subject_prefix, telemetry=self.telemetry)
         signing_key = settings.token_signing_key
         if signing_key is None:
             signing_key = secrets.token_urlsafe(32)
@@ -160,6 +171,10 @@ class Container:
         self.checkpointer = Checkpointer(self.database, settings.checkpoint_interval)
         if settings.checkpoint_interval > 0:
             await self.checkpointer.start()
+        self.health_flusher = HealthFlusher(self.database, self.telemetry, self.clock,
+                                            settings.metrics_flush_interval)
+        if settings.metrics_flush_interval > 0:
+            await self.health_flusher.start()
         if settings.nats_url is not None and settings.relay == "process":
             self.relay = RelayChild(relay_env(settings))
             await self.relay.start()
@@ -178,7 +193,7 @@ class Container:
         # must not leave the others running or the pool open.
         try:
             for part in (getattr(self, "scheduler", None), getattr(self, "checkpointer", None), self.feed,
-                         self.relay):
+                         self.relay, getattr(self, "health_flusher", None)):  # the flusher's last flush
                 if part is not None:
                     try:
                         await part.stop()
@@ -189,7 +204,8 @@ class Container:
 
     def metrics(self) -> dict:
         facts: dict = {"position": self.subjects.position, "cache_entries": len(self.subjects),
-                       "decisions": dict(self.decisions.counts), "events": dict(self.service.appended)}
+                       "decisions": self.telemetry.decisions_by_outcome(), "events": dict(self.service.appended),
+                       "telemetry": self.telemetry}
         if self.relay is not None:
             facts["relay_leader"] = int(self.relay.is_leader)
             facts["relay_published_position"] = self.relay.published_position
@@ -206,7 +222,7 @@ class Container:
         details: dict[str, object] = {"position": self.subjects.position}
         if self.feed is not None and database:
             # Behind the log by more than the bound: answers without min_position would be stale.
-            lag = await self.subjects.database_head() - self.subjects.position
+            lag = await self.subjects.lag()
             checks["feed"] = self.feed.connected and lag <= self.settings.ready_max_lag
             details["feed_lag"] = lag
         if self.relay is not None:
@@ -256,17 +272,14 @@ def restore_garbage_collector() -> None:
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Litestar:
     container = Container(settings or Settings.from_env(), clock or SystemClock())
 
-    async def principal(authorization: Annotated[str | None, HeaderParameter(
-            name="Authorization", required=False, include_in_schema=False)] = None) -> Principal:
-        return await container.authenticator.authenticate(authorization)
-
     registry = metrics_registry(container.metrics)
     app = Litestar(
         route_handlers=[health.live, health.ready, metrics, PurposeController, ScopeController, PartnerController,
                         SubjectController, CredentialController, token, revoke_token, audit, DecisionController,
-                        PermissionController, subject_pseudonym, jwks, ReceiptController],
+                        PermissionController, subject_pseudonym, jwks, ReceiptController,
+                        authorization_server_metadata, index, PartnerHealthController],
         dependencies={
-            "principal": Provide(principal),
+            "principal": Provide(guards.principal),  # authenticated by the route's guard
             "service": Provide(lambda: container.service, sync_to_thread=False),
             "decisions": Provide(lambda: container.decisions, sync_to_thread=False),
             "pseudonyms": Provide(lambda: container.pseudonyms, sync_to_thread=False),
@@ -275,13 +288,16 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             "partner_access": Provide(lambda: container.partner_access, sync_to_thread=False),
             "readiness": Provide(lambda: container.readiness, sync_to_thread=False),
             "metrics_registry": Provide(lambda: registry, sync_to_thread=False),
+            "partner_health": Provide(lambda: container.partner_health, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
         middleware=thin_routes(container),
         on_startup=[container.start, tune_garbage_collector],
         on_shutdown=[container.stop, restore_garbage_collector],
-        openapi_config=OpenAPIConfig(
-            title="Consent service", version=API_VERSION, path="/schema",
+        # Operation ids, public routes, error answers and examples: consent/api/openapi_doc.py.
+        openapi_config=DocumentedOpenAPIConfig(
+            title="Consent service", version=API_VERSION, path=SCHEMA_PATH,
+            render_plugins=render_plugins(), openapi_router=schema_router(),
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer",
                                          description="Admin key, partner access token, or end-user JWT: HS256 "
@@ -291,6 +307,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                 "partner": SecurityScheme(type="oauth2", description="Partner access tokens (client credentials)",
                                           flows=OAuthFlows(client_credentials=OAuthFlow(
                                               token_url="/v1/oauth/token", scopes=PARTNER_SCOPE_DESCRIPTIONS))),
+                # How a partner's client authenticates at /v1/oauth/token and /v1/oauth/revoke, or in the form.
+                "client": SecurityScheme(type="http", scheme="basic",
+                                         description="client_id and client_secret, each form-urlencoded "
+                                         "(RFC 6749 §2.3.1); or both as form fields instead, never both ways"),
             }),
             security=[{"bearer": []}],
         ),
@@ -303,4 +323,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         cache_control=CacheControlHeader(no_store=True),
     )
     app.state.container = container
+    # Outermost, around Litestar's router, its thin routes and its error handling: request ids, HTTP metrics
+    # and the access line for every request (consent/api/observability.py).
+    app.asgi_handler = observed(app.asgi_handler, container.telemetry, container.settings.access_log)
     return app

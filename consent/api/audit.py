@@ -7,17 +7,16 @@ from typing import Annotated
 from litestar import get
 from litestar.params import Parameter
 
-from consent.api.auth import require_admin
-from consent.api.deps import Caller, Service
+from consent.api.deps import Service
 from consent.api.errors import ERRORS
+from consent.api.guards import admin
 from consent.app.views import AuditView
 
 
-@get("/v1/audit", tags=["audit"], responses=ERRORS,
+@get("/v1/audit", tags=["audit"], responses=ERRORS, guards=[admin],
      summary="Catalog, partner, credential and token changes, admin consent changes and admin reads of a "
              "subject's history, oldest first, each with the acting key's id (admin)")
-async def audit(principal: Caller, service: Service,
+async def audit(service: Service,
                 after: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
                 limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> AuditView:
-    require_admin(principal)
     return await service.audit(after, limit)

@@ -19,6 +19,7 @@ from consent.api.errors import forbidden, problem, unauthorized
 from consent.api.idp_tokens import IdentityProviderTokens
 from consent.app.partner_access import TOKEN_KID, PartnerAccess, TokenClaims
 from consent.app.rate_limit import RateLimiter
+from consent.app.telemetry import note_partner, note_violation
 
 CACHE_LIMIT = 10_000
 
@@ -61,10 +62,13 @@ class Authenticator:
             self._verified[token] = cached
         principal = cached[0]
         if principal.token is not None:
+            note_partner(principal.id)  # the request's partner, for its metrics and access line
             if not await self._partners.still_allowed(principal.token):
+                note_violation("invalid_token")
                 raise unauthorized("the credential was revoked or the partner is not active")
             verdict = self._rate_limiter.check(principal.id, self._partners.rate_limit(principal.id))
             if not verdict.allowed:
+                note_violation("rate_limited")
                 raise problem(429, "rate_limited", f"more than {verdict.limit} requests a second",
                               headers={"Retry-After": str(verdict.retry_after),
                                        "RateLimit-Limit": str(verdict.limit), "RateLimit-Remaining": "0",
@@ -85,6 +89,11 @@ class Authenticator:
         if kid == TOKEN_KID:
             claims = self._partners.verify_token(token)
             if claims is None:
+                # An expired token still names its partner, if this service signed it; a forged one does not.
+                signed_for = self._partners.signed_for(token)
+                if signed_for is not None:
+                    note_partner(signed_for)
+                note_violation("invalid_token")
                 raise unauthorized("invalid or expired token")
             return Principal("partner", claims.partner_id, claims), claims.expires
         if self._identity_provider is not None and header.get("alg") != "HS256":
@@ -116,8 +125,17 @@ def require_subject_access(principal: Principal, subject_id: str) -> None:
     raise forbidden("this caller may not act on this subject")
 
 
+def require_partner_or_admin(principal: Principal, scope: str) -> None:
+    """Partners whose token carries `scope`, and admins; end users never (decisions, permissions)."""
+    if principal.kind == "partner":
+        require_scope(principal, scope)
+    elif principal.kind != "admin":
+        raise forbidden("decisions are for partners and administrators")
+
+
 def require_scope(principal: Principal, scope: str) -> None:
     """A partner token must carry the route's OAuth scope (RFC 6750 §3.1); other callers have no scopes."""
     if principal.token is not None and scope not in principal.token.scopes:
+        note_violation("insufficient_scope")
         raise problem(403, "insufficient_scope", f"this token does not carry the {scope!r} scope",
                       headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})

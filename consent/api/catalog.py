@@ -1,13 +1,14 @@
-"""Catalog routes: purposes, scopes, partners. Admins write; any authenticated caller reads."""
+"""Catalog routes: purposes, scopes, partners. Admins write; any authenticated caller reads (guards.py)."""
 
 from __future__ import annotations
 
 from litestar import Controller, Response, get, post, put
 from litestar.params import FromPath, JSONBody
 
-from consent.api.auth import Principal, require_admin, require_scope
+from consent.api.auth import Principal
 from consent.api.deps import Caller, Service
 from consent.api.errors import ERRORS, created
+from consent.api.guards import admin, any_caller, own_partner_or_admin
 from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
 from consent.app.services import ConsentService, Written
 from consent.app.views import PartnerView, PurposeView, ScopeView, partner_view, purpose_view, scope_view
@@ -22,6 +23,7 @@ MAX_SCOPE_ID = 200 - len("scope:")
 
 # Partners need the catalog:read scope; other callers authenticate as usual.
 CATALOG_READ = [{"bearer": []}, {"partner": ["catalog:read"]}]
+READER = any_caller("catalog:read")
 
 def _written(written: Written, view) -> Response:
     return Response(view(written.entity), status_code=201 if written.created else 200)
@@ -32,10 +34,9 @@ class PurposeController(Controller):
     tags = ["catalog"]
 
     @put("/{purpose_id:str}", summary="Define or revise a purpose (admin)",
-         responses=created(PurposeView), status_code=200)
+         responses=created(PurposeView), status_code=200, guards=[admin])
     async def put_purpose(self, purpose_id: FromPath[str], data: JSONBody[PurposeIn], principal: Caller,
                           service: Service) -> Response[PurposeView]:
-        require_admin(principal)
         check_slug(purpose_id, "purpose")
         spec = cat.PurposeSpec(title=data.title, description=data.description, legal_basis=data.legal_basis,
                                retention=data.retention, sale_or_sharing=data.sale_or_sharing)
@@ -43,24 +44,19 @@ class PurposeController(Controller):
         return _written(written, purpose_view)
 
     @get("/", summary="List purposes (any authenticated caller)", responses=ERRORS,
-         security=CATALOG_READ)
-    async def list_purposes(self,
-                principal: Caller, service: Service) -> list[PurposeView]:
-        require_scope(principal, "catalog:read")
+         security=CATALOG_READ, guards=[READER])
+    async def list_purposes(self, service: Service) -> list[PurposeView]:
         return [purpose_view(p) for _, p in sorted(service.catalog.purposes.items())]
 
     @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)", responses=ERRORS,
-         security=CATALOG_READ)
-    async def get_purpose(self, purpose_id: FromPath[str],
-                principal: Caller, service: Service) -> PurposeView:
-        require_scope(principal, "catalog:read")
+         security=CATALOG_READ, guards=[READER])
+    async def get_purpose(self, purpose_id: FromPath[str], service: Service) -> PurposeView:
         return purpose_view(service.catalog.purpose(purpose_id))
 
     @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200,
-          responses=ERRORS)
+          responses=ERRORS, guards=[admin])
     async def retire_purpose(self, purpose_id: FromPath[str],
                 principal: Caller, service: Service) -> PurposeView:
-        require_admin(principal)
         check_slug(purpose_id, "purpose")
         return purpose_view((await service.retire_purpose(purpose_id, principal.actor)).entity)
 
@@ -69,10 +65,10 @@ class ScopeController(Controller):
     path = "/v1/scopes"
     tags = ["catalog"]
 
-    @put("/{scope_id:str}", summary="Define a scope (admin)", responses=created(ScopeView), status_code=200)
+    @put("/{scope_id:str}", summary="Define a scope (admin)", responses=created(ScopeView), status_code=200,
+         guards=[admin])
     async def put_scope(self, scope_id: FromPath[str], data: JSONBody[ScopeIn], principal: Caller,
                         service: Service) -> Response[ScopeView]:
-        require_admin(principal)
         check_scope(scope_id)
         if len(scope_id) > MAX_SCOPE_ID:
             raise DomainError("validation_failed", f"scope id must be at most {MAX_SCOPE_ID} characters")
@@ -80,17 +76,13 @@ class ScopeController(Controller):
         return _written(await service.put_scope(scope_id, spec, principal.actor), scope_view)
 
     @get("/", summary="List scopes (any authenticated caller)", responses=ERRORS,
-         security=CATALOG_READ)
-    async def list_scopes(self,
-                principal: Caller, service: Service) -> list[ScopeView]:
-        require_scope(principal, "catalog:read")
+         security=CATALOG_READ, guards=[READER])
+    async def list_scopes(self, service: Service) -> list[ScopeView]:
         return [scope_view(s) for _, s in sorted(service.catalog.scopes.items())]
 
     @get("/{scope_id:str}", summary="Read a scope (any authenticated caller)", responses=ERRORS,
-         security=CATALOG_READ)
-    async def get_scope(self, scope_id: FromPath[str],
-                principal: Caller, service: Service) -> ScopeView:
-        require_scope(principal, "catalog:read")
+         security=CATALOG_READ, guards=[READER])
+    async def get_scope(self, scope_id: FromPath[str], service: Service) -> ScopeView:
         scope = service.catalog.scopes.get(scope_id)
         if scope is None:
             raise NotFound("scope", scope_id)
@@ -102,10 +94,9 @@ class PartnerController(Controller):
     tags = ["partners"]
 
     @put("/{partner_id:str}", summary="Register or update a partner (admin)", responses=created(PartnerView),
-         status_code=200)
+         status_code=200, guards=[admin])
     async def put_partner(self, partner_id: FromPath[str], data: JSONBody[PartnerIn], principal: Caller,
                           service: Service) -> Response[PartnerView]:
-        require_admin(principal)
         check_slug(partner_id, "partner")
         spec = cat.PartnerSpec(name=data.name, status=data.status,
                                data_uses={k: tuple(v) for k, v in data.data_uses.items()},
@@ -113,41 +104,34 @@ class PartnerController(Controller):
                                rate_limit=data.rate_limit)
         return _written(await service.put_partner(partner_id, spec, principal.actor), partner_view)
 
-    @get("/", summary="List partners (admin)", responses=ERRORS)
-    async def list_partners(self,
-                principal: Caller, service: Service) -> list[PartnerView]:
-        require_admin(principal)
+    @get("/", summary="List partners (admin)", responses=ERRORS, guards=[admin])
+    async def list_partners(self, service: Service) -> list[PartnerView]:
         return [partner_view(p) for _, p in sorted(service.catalog.partners.items())]
 
     @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)", responses=ERRORS,
-         security=CATALOG_READ)
-    async def get_partner(self, partner_id: FromPath[str],
-                principal: Caller, service: Service) -> PartnerView:
-        if not (principal.kind == "partner" and principal.id == partner_id):
-            require_admin(principal)
-        require_scope(principal, "catalog:read")
+         security=CATALOG_READ, guards=[own_partner_or_admin("catalog:read")])
+    async def get_partner(self, partner_id: FromPath[str], service: Service) -> PartnerView:
         return partner_view(service.catalog.partner(partner_id))
 
     @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200,
-          responses=ERRORS)
+          responses=ERRORS, guards=[admin])
     async def suspend(self, partner_id: FromPath[str],
                 principal: Caller, service: Service) -> PartnerView:
         return await _change_status(partner_id, "suspend", principal, service)
 
     @post("/{partner_id:str}/reinstate", summary="Reinstate a suspended partner (admin)", status_code=200,
-          responses=ERRORS)
+          responses=ERRORS, guards=[admin])
     async def reinstate(self, partner_id: FromPath[str],
                 principal: Caller, service: Service) -> PartnerView:
         return await _change_status(partner_id, "reinstate", principal, service)
 
     @post("/{partner_id:str}/terminate", summary="Terminate a partner, finally (admin)", status_code=200,
-          responses=ERRORS)
+          responses=ERRORS, guards=[admin])
     async def terminate(self, partner_id: FromPath[str],
                 principal: Caller, service: Service) -> PartnerView:
         return await _change_status(partner_id, "terminate", principal, service)
 
 
 async def _change_status(partner_id: str, command, principal: Principal, service: ConsentService) -> PartnerView:
-    require_admin(principal)
     check_slug(partner_id, "partner")
     return partner_view((await service.change_partner_status(partner_id, command, principal.actor)).entity)

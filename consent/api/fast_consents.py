@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from consent.api.auth import Authenticator
+from consent.api.auth import Authenticator, require_subject_access
 from consent.api.errors import problem
 from consent.api.schemas import ConsentRequest
 from consent.api.subjects import HEADER_LIMITS, change_consents
@@ -52,6 +52,8 @@ async def _change(scope: dict, receive, subject_id: str, authenticator: Authenti
         if name in _HEADERS:
             headers[_HEADERS[name]] = value.decode("latin-1")
     principal = await authenticator.authenticate(headers.get("Authorization"))
+    # Who may call, before the headers' values or the body are looked at, as the route's guard decides (guards.py).
+    require_subject_access(principal, subject_id)
     for name, limit in HEADER_LIMITS.items():
         if len(headers.get(name, "")) > limit:
             raise problem(400, "validation_failed", f"the {name} header is at most {limit} characters")

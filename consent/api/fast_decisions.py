@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from consent.api.auth import Authenticator
+from consent.api.auth import Authenticator, require_partner_or_admin
 from consent.api.decisions import DecisionRequest, asking_partner, by_pseudonym
 from consent.api.errors import problem
 from consent.api.thin_asgi import ASGIApp, read_body, respond
@@ -47,6 +47,8 @@ async def _decide(scope: dict, receive, authenticator: Authenticator, decisions:
             authorization = value.decode("latin-1")
             break
     principal = await authenticator.authenticate(authorization)
+    # Who may ask, before the body is read, as the Litestar route's guard decides (guards.py).
+    require_partner_or_admin(principal, "decisions:read")
     body = await read_body(receive, max_body)
     try:
         request = _decode_request(body)

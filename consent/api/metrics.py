@@ -1,18 +1,26 @@
 """GET /metrics: Prometheus text. Aggregates only: no subject, token or partner secret ever becomes a label.
 
-Read at scrape time from the process's own counters, so the hot paths pay a dict
-increment rather than a metrics middleware.
+Read at scrape time from the process's own counters, so the hot paths pay a dict increment rather than a
+prometheus_client lock. Per partner (consent/app/telemetry.py, labels bounded by the catalog's partners):
+decisions by outcome, denials by reason, policy violations by kind, requests by status class and their
+latency. Per route template and method: requests by status code, latency by status class.
+(Webhook deliveries do not exist yet; when they do, their outcomes by partner belong here too.)
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 from litestar import Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from consent.app.telemetry import LATENCY_BOUNDS, STATUS_CLASSES, PartnerStats, Telemetry
+
+_BUCKET_NAMES = [*(repr(bound) for bound in LATENCY_BOUNDS), "+Inf"]
 
 
 class ServiceCollector(Collector):
@@ -38,6 +46,53 @@ class ServiceCollector(Collector):
                                     value=facts["relay_leader"])
             yield GaugeMetricFamily("consent_relay_published_position", "Last log position published to NATS",
                                     value=facts["relay_published_position"])
+        yield from traffic_metrics(facts["telemetry"])
+
+
+def _histogram(counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets are cumulative; the counters keep one count a bucket."""
+    return list(zip(_BUCKET_NAMES, itertools.accumulate(counts), strict=True))
+
+
+def traffic_metrics(telemetry: Telemetry) -> Iterator[Metric]:
+    partners: list[PartnerStats] = sorted((*telemetry.partners.values(), telemetry.unattributed),
+                                          key=lambda stats: stats.label)
+    families = {name: CounterMetricFamily(f"consent_partner_{name}", help_text, labels=["partner", label])
+                for name, help_text, label in (
+                    ("decisions", "Decisions answered, by partner and outcome", "outcome"),
+                    ("denials", "Denied scopes, by partner and reason", "reason"),
+                    ("violations", "Policy violations, by partner and kind", "kind"))}
+    for stats in partners:
+        for name, counts in (("decisions", stats.decisions), ("denials", stats.denials),
+                             ("violations", stats.violations)):
+            for key, count in counts.items():
+                families[name].add_metric([stats.label, key], count)
+    yield from families.values()
+    requests = CounterMetricFamily("consent_partner_requests", "Requests with a partner's token or credential, "
+                                   "by status class", labels=["partner", "status_class"])
+    latency = HistogramMetricFamily("consent_partner_request_duration_seconds",
+                                    "Latency of requests with a partner's token or credential", labels=["partner"])
+    for stats in partners:
+        for status_class, count in zip(STATUS_CLASSES, stats.requests, strict=True):
+            requests.add_metric([stats.label, status_class], count)
+        latency.add_metric([stats.label], _histogram(stats.latency), stats.latency_sum)
+    yield requests
+    yield latency
+    http = CounterMetricFamily("consent_http_requests", "HTTP requests by route template, method and status",
+                               labels=["route", "method", "code"])
+    http_latency = HistogramMetricFamily("consent_http_request_duration_seconds",
+                                         "HTTP request latency by route template, method and status class",
+                                         labels=["route", "method", "status_class"])
+    for route, by_method in sorted(telemetry.routes.items()):
+        for method, stats in sorted(by_method.items()):
+            for status, count in sorted(stats.statuses.items()):
+                http.add_metric([route, method, str(status)], count)
+            for index, status_class in enumerate(STATUS_CLASSES):
+                if any(stats.latency[index]):
+                    http_latency.add_metric([route, method, status_class], _histogram(stats.latency[index]),
+                                            stats.latency_sum[index])
+    yield http
+    yield http_latency
 
 
 def metrics_registry(snapshot: Callable[[], dict]) -> CollectorRegistry:

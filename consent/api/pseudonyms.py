@@ -10,17 +10,16 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from consent.api.auth import require_subject_access
-from consent.api.deps import Caller
 from consent.api.errors import ERRORS
+from consent.api.guards import own_subject
 from consent.app.pseudonyms import PseudonymService, PseudonymView
 
 Pseudonyms = NamedDependency[PseudonymService]
 
 
 @get("/v1/subjects/{subject_id:str}/pseudonyms/{partner_id:str}", tags=["consents"], responses=ERRORS,
+     guards=[own_subject],
      summary="The subject's pairwise pseudonym for a partner (the subject, or admin)")
-async def subject_pseudonym(subject_id: FromPath[str], partner_id: FromPath[str], principal: Caller,
+async def subject_pseudonym(subject_id: FromPath[str], partner_id: FromPath[str],
                             pseudonyms: Pseudonyms) -> PseudonymView:
-    require_subject_access(principal, subject_id)
     return await pseudonyms.issue(subject_id, partner_id)

@@ -1,4 +1,4 @@
-"""Consent routes: an end user for their own subject, or an admin."""
+"""Consent routes: an end user for their own subject, or an admin (guards.py decides, before the body is read)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
-from consent.api.auth import Principal, require_subject_access
+from consent.api.auth import Principal
 from consent.api.deps import Caller, Service
 from consent.api.errors import ERRORS, problem
+from consent.api.guards import own_subject
 from consent.api.schemas import ConsentRequest
 from consent.app.services import ConsentService
 from consent.app.views import ConsentChangeView, HistoryView, SubjectConsentsView, SubjectErasureView
@@ -48,8 +49,8 @@ def _gpc(principal: Principal, sec_gpc: str | None) -> bool:
 
 async def change_consents(service: ConsentService, principal: Principal, subject_id: str, data: ConsentRequest,
                           idempotency_key: str | None, if_match: str | None, sec_gpc: str | None) -> ConsentChangeView:
-    """POST /v1/subjects/{subject_id}/consents, for the Litestar route and its thin ASGI layer (fast_consents.py)."""
-    require_subject_access(principal, subject_id)
+    """POST /v1/subjects/{subject_id}/consents, for the Litestar route and its thin ASGI layer (fast_consents.py),
+    once they have let the caller through (the route's guard, or the layer's own check)."""
     check_subject(subject_id)
     expected = _expected_version(if_match)
     gpc = _gpc(principal, sec_gpc)
@@ -70,6 +71,7 @@ async def change_consents(service: ConsentService, principal: Principal, subject
 class SubjectController(Controller):
     path = "/v1/subjects/{subject_id:str}"
     tags = ["consents"]
+    guards = [own_subject]
 
     @post("/consents", status_code=200, responses=ERRORS,
           summary="Change consents, all or nothing (the subject, or admin)")
@@ -82,7 +84,6 @@ class SubjectController(Controller):
     async def get_consents(self, subject_id: FromPath[str],
                 principal: Caller, service: Service,
                            sec_gpc: SecGpc = None) -> SubjectConsentsView:
-        require_subject_access(principal, subject_id)
         check_subject(subject_id)
         if _gpc(principal, sec_gpc):
             await service.record_global_opt_out(subject_id, principal.actor)
@@ -91,7 +92,6 @@ class SubjectController(Controller):
     @post("/erase", status_code=200, responses=ERRORS,
           summary="Erase the subject's personal data for good; decisions deny from then on (the subject, or admin)")
     async def erase(self, subject_id: FromPath[str], principal: Caller, service: Service) -> SubjectErasureView:
-        require_subject_access(principal, subject_id)
         check_subject(subject_id)
         return await service.erase_subject(subject_id, principal.actor)
 
@@ -100,7 +100,6 @@ class SubjectController(Controller):
                 principal: Caller, service: Service,
                       after: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
                       limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryView:
-        require_subject_access(principal, subject_id)
         check_subject(subject_id)
         if principal.kind == "admin":
             await service.record_history_read(subject_id, principal.actor)

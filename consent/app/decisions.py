@@ -9,6 +9,7 @@ from msgspec import Struct
 
 from consent.app.ports import Clock
 from consent.app.read_model import SubjectCache
+from consent.app.telemetry import Telemetry, note_violation
 from consent.domain.catalog import Catalog
 from consent.domain.decision import Decision, Denied, decide
 from consent.domain.errors import DomainError, Forbidden
@@ -48,13 +49,15 @@ class Question(Struct, frozen=True):
 
 class DecisionService:
     def __init__(self, subjects: SubjectCache, catalog: Callable[[], Catalog], clock: Clock,
-                 feed_wait: float = 0.25, sandbox_prefix: str = "sandbox-") -> None:
+                 feed_wait: float = 0.25, sandbox_prefix: str = "sandbox-",
+                 telemetry: Telemetry | None = None) -> None:
         self._sandbox_prefix = sandbox_prefix
         self._subjects = subjects
         self._catalog = catalog
         self._clock = clock
         self._feed_wait = feed_wait
-        self.counts: dict[str, int] = {"permit": 0, "deny": 0, "partial": 0}
+        # Decisions, denials and scope_not_approved by partner (GET /metrics, partner health).
+        self.telemetry = telemetry or Telemetry(lambda partner_id: partner_id in catalog().partners)
 
     def check_sandbox(self, partner_id: str, subject_ids: list[str]) -> None:
         """A partner in the sandbox asks only about test subjects, never about real people.
@@ -67,6 +70,7 @@ class DecisionService:
                     raise self._sandbox_only()
 
     def _sandbox_only(self) -> Forbidden:
+        note_violation("sandbox_only")
         return Forbidden("sandbox_only", f"a sandbox partner asks only about subjects whose id "
                                          f"starts with {self._sandbox_prefix!r}")
 
@@ -151,7 +155,7 @@ class DecisionService:
     def _answer(self, question: Question, state, head: int | None) -> DecisionAnswer:
         now = self._clock.now()
         decision: Decision = decide(self._catalog(), state, question.partner, question.purpose, question.scopes, now)
-        self.counts[decision.decision] += 1
+        self.telemetry.decided(question.partner, decision)
         return DecisionAnswer(decision=decision.decision, permitted=decision.permitted, denied=decision.denied,
                               retain_until=decision.retain_until, purpose_version=decision.purpose_version,
                               position=max(state.position, head or 0, self._subjects.position), evaluated_at=now)

@@ -22,6 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from msgspec import Struct
 
 from consent.app.ports import Clock, EventBus, RecordedEvent
+from consent.app.telemetry import note_partner
 from consent.domain.catalog import Catalog
 from consent.domain.decision import partner_inactive
 from consent.domain.errors import Conflict, DomainError, NotFound
@@ -36,6 +37,7 @@ PARTNER_SCOPE_DESCRIPTIONS = {
     "catalog:read": "read purposes, scopes and the partner's own record",
 }
 PARTNER_SCOPES = tuple(PARTNER_SCOPE_DESCRIPTIONS)
+CLIENT_ID_MAX, CLIENT_SECRET_MAX = 64, 256  # longer ones are no credential of this service
 _hasher = PasswordHasher()
 # Verified against when the client id is unknown, so that the answer takes as long either way.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -230,11 +232,14 @@ class PartnerAccess:
         await self._publish(await self._store.revoke_token(event, f"partner:{claims.partner_id}"))
 
     async def _authenticate_client(self, client_id: str | None, client_secret: str | None) -> StoredCredential:
-        if not client_id or not client_secret or len(client_id) > 64 or len(client_secret) > 256:
+        if not client_id or not client_secret or len(client_id) > CLIENT_ID_MAX or len(
+                client_secret) > CLIENT_SECRET_MAX:
             raise TokenRefused("invalid_request", "client_id and client_secret are required")
         found = await self._store.find_active(client_id, self._clock.now())
         verified = await anyio.to_thread.run_sync(_verify, found.secret_hash if found else _DUMMY_HASH,
                                                   client_secret)
+        if found is not None:
+            note_partner(found.partner_id)  # the request's partner, for its metrics and access line
         if found is None or not verified:
             raise TokenRefused("invalid_client", "unknown client or wrong secret", status=401)
         return found
@@ -251,6 +256,15 @@ class PartnerAccess:
                            token_id=str(claims["jti"]),
                            # No claim: a token issued before scopes existed, which could do everything.
                            scopes=frozenset(scope.split() if isinstance(scope, str) else PARTNER_SCOPES))
+
+    def signed_for(self, token: str) -> str | None:
+        """The partner a token was issued to when this service signed it, expired or not; else None."""
+        try:
+            claims = jwt.decode(token, self._signing_key, algorithms=["HS256"], issuer=TOKEN_ISSUER,
+                                options={"verify_exp": False, "require": ["sub"]})
+        except jwt.PyJWTError:
+            return None
+        return claims["sub"] if isinstance(claims["sub"], str) else None
 
     async def still_allowed(self, claims: TokenClaims) -> bool:
         """Checked on every request: the token and its credential are valid and the partner may act."""

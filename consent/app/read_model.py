@@ -217,6 +217,12 @@ class SubjectCache:
         """The log's head as the database has it (the feed may not have applied it yet)."""
         return await self._reader.head_position()
 
+    async def lag(self) -> int:
+        """Events the database has that this cache has not applied yet. The position is read before the
+        head: events applied while the head is read would otherwise make the lag negative."""
+        position = self.position
+        return max(0, await self._reader.head_position() - position)
+
     def apply(self, events: list[RecordedEvent]) -> None:
         if events:
             # Wake everyone waiting for a position, with a fresh event for the next wait.

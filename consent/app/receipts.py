@@ -6,7 +6,8 @@ applies, with Kantara's names, and JWT's registered claims where Kantara has the
 `iat` = consent timestamp, `jti` = receipt id (the event id), `sub` = the subject, `iss` = issuer.
 
 They come from the event and the catalog *as the event saw it* only, never from the clock, so the
-same event always yields the same claims and (Ed25519 being deterministic) the same receipt. Of a
+same event always yields the same claims and, with one key (Ed25519 being deterministic), the same
+receipt; a receipt an earlier build issued as `EdDSA` comes back signed as `Ed25519`. Of a
 purpose they use only what its version pins (every change to its text or basis bumps the version);
 scope sensitivities are not versioned, so whoever regenerates a receipt passes the scopes as they
 were at the event's position (consent/app/subject_records.py).

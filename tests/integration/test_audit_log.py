@@ -22,7 +22,7 @@ from consent.api.app import create_app
 from consent.config import Settings
 from consent.domain.events import GlobalOptOutRecorded, ScopeDefined
 from consent.domain.hash_chain import GENESIS, event_hash
-from tests.conftest import ADMIN, ADMIN_KEY, USER_TOKEN_SECRET
+from tests.conftest import ADMIN, ADMIN_KEY, SHARED_KEYS, USER_TOKEN_SECRET, tail
 from tests.integration.test_rebuild import build_history
 
 MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
@@ -32,7 +32,7 @@ MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "cons
 def settings(database_url: str) -> Settings:
     # No background checkpoints: the tests decide which ranges are checkpointed.
     return Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET,
-                    checkpoint_interval=0)
+                    checkpoint_interval=0, **SHARED_KEYS)
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ async def test_verify_passes_then_catches_each_kind_of_tampering(client, databas
     assert (report.events, report.checkpoints) == (len(log), 1)
     assert report.streams == len({r["stream_id"] for r in log})
     cli = await asyncio.to_thread(run_cli, database_url)
-    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert cli.returncode == 0, tail(cli.stdout + cli.stderr)
     assert "the log is intact" in cli.stdout and "events/s" in cli.stdout
 
     # 1. One row's data altered: verify fails at exactly that row; restored, it passes again.
@@ -204,7 +204,7 @@ async def test_a_writer_that_loses_the_race_retries_with_a_fresh_previous_hash(p
                 await other_process.dispose()
         return state
 
-    settings = Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,), checkpoint_interval=0)
+    settings = Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,), checkpoint_interval=0, **SHARED_KEYS)
     database = Database(postgresql_url)
     try:
         async with AsyncTestClient(create_app(settings)) as client:
@@ -236,7 +236,7 @@ async def test_a_checkpoint_waits_for_a_transaction_holding_a_lower_position(pos
             (row,) = event_rows(GENESIS, "scope:slow", 0, [event], "admin", now)
             in_flight = (await slow.execute(sa.insert(events).values(row).returning(events.c.position))).scalar_one()
             async with AsyncTestClient(create_app(Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,),
-                                                           checkpoint_interval=0))) as other:
+                                                           checkpoint_interval=0, **SHARED_KEYS))) as other:
                 await other.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
             checkpointer = Checkpointer(database)
             for _ in range(5):

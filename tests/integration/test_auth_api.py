@@ -16,7 +16,7 @@ from consent.adapters.tables import events
 from consent.api.app import create_app
 from consent.api.auth import key_id
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, USER_TOKEN_SECRET, user_headers
+from tests.conftest import ADMIN, ADMIN_KEY, SHARED_KEYS, USER_TOKEN_SECRET, user_headers
 
 PURPOSE = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P90D"}
 SCOPE = {"title": "Profile", "description": "Name", "sensitivity": "low"}
@@ -125,7 +125,7 @@ async def test_cached_user_token_stops_at_its_expiry(client):
 
 
 async def test_without_admin_keys_admin_calls_are_401(database_url):
-    settings = Settings(database_url=database_url, admin_keys=(), user_token_secret=USER_TOKEN_SECRET)
+    settings = Settings(database_url=database_url, admin_keys=(), user_token_secret=USER_TOKEN_SECRET, **SHARED_KEYS)
     async with AsyncTestClient(create_app(settings)) as client:
         assert_unauthorized(await client.put("/v1/purposes/marketing", headers=ADMIN, json=PURPOSE))
         assert_unauthorized(await client.get("/v1/purposes", headers=ADMIN))
@@ -136,7 +136,7 @@ async def test_without_admin_keys_admin_calls_are_401(database_url):
 
 
 async def test_without_user_secret_user_tokens_are_401(database_url):
-    settings = Settings(database_url=database_url, admin_keys=(ADMIN_KEY,))
+    settings = Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), **SHARED_KEYS)
     async with AsyncTestClient(create_app(settings)) as client:
         assert_unauthorized(await client.get("/v1/subjects/u-1/consents", headers=user_headers("u-1")))
         assert (await client.get("/v1/subjects/u-1/consents", headers=ADMIN)).status_code == 200

@@ -1,7 +1,8 @@
 """Who may call what, for every route the app serves.
 
 The matrix is built from the app's own routes: a route added without a rule here fails
-the test, so every endpoint states who may call it and is shown refusing everyone else.
+the test, so every endpoint states who may call it and is shown refusing everyone else,
+before it reads the body: a malformed body gets a refused caller the same 401 or 403.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import time
 
 import jwt
+import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 
+from consent.api.app import create_app
 from tests.conftest import ADMIN, USER_TOKEN_SECRET, user_headers
 from tests.integration.test_decisions_api import partner_headers, setup_catalog
 
@@ -49,6 +53,9 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/subjects/{subject_id:str}/receipts/{event_id:uuid}"): OWN_SUBJECT,
     ("GET", "/v1/subjects/{subject_id:str}/export"): OWN_SUBJECT,
     ("GET", "/.well-known/jwks.json"): PUBLIC,  # public keys that verify receipts
+    ("GET", "/.well-known/oauth-authorization-server"): PUBLIC,  # where partners get tokens (RFC 8414)
+    ("GET", "/"): PUBLIC,  # where to start: addresses only
+    ("GET", "/v1/partners/{partner_id:str}/health"): SELF_PARTNER,
     ("GET", "/v1/subjects/{subject_id:str}/permissions"): PARTNER_OR_ADMIN,
     ("POST", "/v1/decisions"): PARTNER_OR_ADMIN,
     ("POST", "/v1/decisions/batch"): PARTNER_OR_ADMIN,
@@ -75,6 +82,7 @@ BODIES = {
     "/v1/subjects/{subject_id:str}/consents": {"changes": [{"purpose": "marketing", "action": "grant"}]},
     "/v1/decisions": {"subject_id": "u-1", "purpose": "marketing", "scopes": ["orders"]},
     "/v1/decisions/batch": {"items": [{"subject_id": "u-1", "purpose": "marketing", "scopes": ["orders"]}]},
+    "/v1/partners/{partner_id:str}/credentials": {"scopes": ["catalog:read"]},
 }
 
 
@@ -83,9 +91,29 @@ def served_routes(app) -> list[tuple[str, str]]:
                   if method not in ("OPTIONS", "HEAD") and not route.path.startswith(SCHEMA_PREFIX))
 
 
+def handlers(app) -> dict[tuple[str, str], object]:
+    """The Litestar handler of each (method, path) the app serves."""
+    return {(method, route.path): handler for route in app.routes
+            for method, (handler, _) in getattr(route, "route_handler_map", {}).items()}
+
+
+def body_routes(app) -> list[tuple[str, str]]:
+    """The routes that read a body, other than the public ones (which refuse nobody)."""
+    return sorted(key for key, handler in handlers(app).items()
+                  if "data" in handler.parsed_fn_signature.parameters and RULES[key] != PUBLIC)
+
+
 def test_every_route_has_a_rule(client):
     missing = [r for r in served_routes(client.app) if r not in RULES]
     assert missing == [], f"routes without an authorization rule: {missing}"
+
+
+def test_every_route_with_credentials_decides_in_a_guard(client):
+    """Guards run before Litestar reads the body or the parameters (consent/api/guards.py)."""
+    unguarded = [key for key, handler in handlers(client.app).items()
+                 if key in RULES and RULES[key] != PUBLIC and not handler.resolve_guards()]
+    assert unguarded == []
+    assert len(body_routes(client.app)) == len(BODIES)  # each has a valid body here
 
 
 async def callers(client) -> dict[str, dict[str, str]]:
@@ -126,3 +154,46 @@ async def test_only_the_allowed_callers_get_through(client, method, path):
         assert refused == (caller not in allowed), (
             f"{method} {path} as {caller}: {answer.status_code} {answer.text[:200]}")
         assert answer.status_code < 500, f"{method} {path} as {caller}: {answer.status_code}"
+
+
+MALFORMED = {"not JSON": b'{"changes": [', "JSON of another shape": b'{"unexpected": [1]}'}
+# Callers refused for what the body asks, not for who they are: a sandbox partner may ask about test
+# subjects (u-1 is a real one), so a malformed body is all it can be told about.
+REFUSED_FOR_THE_BODY = {("POST", "/v1/decisions"): {"sandbox partner"},
+                        ("POST", "/v1/decisions/batch"): {"sandbox partner"}}
+
+
+@pytest.fixture(params=[True, False], ids=["thin routes", "litestar routes"])
+async def either_path(settings, request):
+    """POST .../consents and POST /v1/decisions answered by their thin ASGI layers, or by Litestar."""
+    chosen = msgspec.structs.replace(settings, fast_writes=request.param, fast_decisions=request.param)
+    async with AsyncTestClient(create_app(chosen)) as client:
+        yield client
+
+
+def refusal(answer) -> tuple[int, str | None, str | None]:
+    code = answer.json().get("code") if answer.status_code >= 400 else None
+    return answer.status_code, code, answer.headers.get("www-authenticate")
+
+
+@pytest.mark.parametrize("malformed", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_refused_caller_learns_nothing_from_a_malformed_body(either_path, malformed):
+    client = either_path
+    await setup_catalog(client)
+    headers_by_caller, _ = await callers(client)
+    for method, path in body_routes(client.app):
+        target = (path.replace("{purpose_id:str}", "marketing").replace("{scope_id:str}", "orders")
+                  .replace("{partner_id:str}", "acme").replace("{subject_id:str}", "u-1"))
+        allowed = ALLOWED[RULES[(method, path)]]
+        for caller in CALLERS:
+            headers = headers_by_caller[caller]
+            answer = await client.request(method, target, content=malformed,
+                                          headers={**headers, "Content-Type": "application/json"})
+            where = f"{method} {path} as {caller}: {answer.status_code} {answer.text[:200]}"
+            if caller in allowed or caller in REFUSED_FOR_THE_BODY.get((method, path), ()):
+                # Let through: only now is the body read, and found malformed.
+                assert answer.status_code == 400 and answer.json()["code"] == "validation_failed", where
+                continue
+            valid = await client.request(method, target, json=BODIES[path], headers=headers)
+            assert valid.status_code in (401, 403), where
+            assert refusal(answer) == refusal(valid), where

@@ -9,7 +9,7 @@ from litestar.testing import AsyncTestClient
 
 from consent.api.app import create_app
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, USER_TOKEN_SECRET, on_app_loop, user_headers
+from tests.conftest import ADMIN, ADMIN_KEY, SHARED_KEYS, USER_TOKEN_SECRET, on_app_loop, user_headers
 
 LIMIT = 4096
 ORIGIN = "https://privacy.example"
@@ -21,7 +21,7 @@ PURPOSE = {"title": "Marketing", "description": "Offers", "legal_basis": "consen
 def settings(database_url: str, request: pytest.FixtureRequest) -> Settings:
     return Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET,
                     max_body_bytes=LIMIT, cors_origins=(ORIGIN, "http://localhost:3000"),
-                    fast_decisions=request.param)
+                    fast_decisions=request.param, **SHARED_KEYS)
 
 
 def assert_too_large(answer) -> None:
@@ -149,7 +149,7 @@ async def test_answers_name_only_the_allowed_origin(client):
 
 
 async def test_without_origins_no_cors_headers_at_all(database_url):
-    settings = Settings(database_url=database_url, admin_keys=(ADMIN_KEY,))
+    settings = Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), **SHARED_KEYS)
     async with AsyncTestClient(create_app(settings)) as client:
         for answer in (await client.options("/v1/decisions", headers=preflight(ORIGIN)),
                        await client.get("/v1/purposes", headers=ADMIN | {"Origin": ORIGIN})):

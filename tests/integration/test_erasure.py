@@ -26,7 +26,16 @@ from consent.api.app import create_app
 from consent.config import Settings
 from consent.domain.errors import VersionConflict
 from consent.domain.events import ConsentGranted, Evidence
-from tests.conftest import ADMIN, ADMIN_KEY, MASTER_KEY, USER_TOKEN_SECRET, empty_tables, user_headers
+from tests.conftest import (
+    ADMIN,
+    ADMIN_KEY,
+    MASTER_KEY,
+    SHARED_KEYS,
+    USER_TOKEN_SECRET,
+    empty_tables,
+    tail,
+    user_headers,
+)
 from tests.integration.test_decisions_api import partner_headers, setup_catalog
 
 CANARY_EMAIL = "canary.erasure@example.com"
@@ -220,9 +229,9 @@ async def test_rotation_rewraps_every_key_and_history_reads_under_the_new_key_on
 
     # The command: a key it does not have stops it before it changes anything; then it rotates again.
     refused = await asyncio.to_thread(run_rewrap, database_url, third)
-    assert refused.returncode == 1 and "Nothing was changed" in refused.stderr, refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Nothing was changed" in refused.stderr, tail(refused.stdout + refused.stderr)
     done = await asyncio.to_thread(run_rewrap, database_url, third, f"{first},{second}")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0, tail(done.stdout + done.stderr)
     assert "4 data keys rewrapped" in done.stdout
     assert second not in done.stdout + done.stderr and third not in done.stdout + done.stderr
     async with app(third) as client:
@@ -231,7 +240,8 @@ async def test_rotation_rewraps_every_key_and_history_reads_under_the_new_key_on
 
 async def test_postgresql_without_a_master_key_refuses_evidence_and_nothing_else(postgresql_url):
     await empty_tables(postgresql_url)
-    settings = Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET)
+    settings = Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET,
+                        allow_ephemeral_keys=True)  # started without a master key, on purpose
     async with AsyncTestClient(create_app(settings)) as client:
         await setup_catalog(client)
         refused = await client.post("/v1/subjects/u-1/consents", headers=ADMIN, json={
@@ -247,7 +257,7 @@ async def test_a_write_that_read_before_an_erasure_cannot_leave_readable_data_af
     """PostgreSQL, where writers in other processes interleave: load, then an erasure, then save."""
     url = postgresql_url
     await empty_tables(url)
-    settings = Settings(database_url=url, admin_keys=(ADMIN_KEY,), master_key=MASTER_KEY)
+    settings = Settings(database_url=url, admin_keys=(ADMIN_KEY,), **SHARED_KEYS)
     async with AsyncTestClient(create_app(settings)) as client:
         await race_an_erasure(client, url, had_key)
 

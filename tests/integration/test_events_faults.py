@@ -17,7 +17,16 @@ from litestar.testing import AsyncTestClient
 
 from consent.api.app import create_app
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables, user_headers
+from tests.conftest import (
+    ADMIN,
+    ADMIN_KEY,
+    NATS_URL,
+    SHARED_KEYS,
+    SHARED_KEYS_ENV,
+    USER_TOKEN_SECRET,
+    empty_tables,
+    user_headers,
+)
 from tests.integration.test_events_nats import MARKETING, logged_event_ids, stream_messages
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -41,7 +50,7 @@ SIGNING_KEY = "test-signing-key-shared-by-replicas"
 
 
 def start_service(database_url: str, nats_url: str, stream: str, prefix: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "CONSENT_DATABASE_URL": database_url, "CONSENT_NATS_URL": nats_url,
+    env = {**os.environ, **SHARED_KEYS_ENV, "CONSENT_DATABASE_URL": database_url, "CONSENT_NATS_URL": nats_url,
            "CONSENT_ADMIN_KEYS": ADMIN_KEY, "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix,
            "CONSENT_TOKEN_SIGNING_KEY": SIGNING_KEY}
     return subprocess.Popen(
@@ -105,7 +114,7 @@ async def test_writes_go_on_while_nats_is_down_and_arrive_after_in_order(postgre
     command = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", storage]
     own_nats = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     settings = Settings(database_url=postgresql_url, nats_url=nats_url, admin_keys=(ADMIN_KEY,),
-                        user_token_secret=USER_TOKEN_SECRET)
+                        user_token_secret=USER_TOKEN_SECRET, **SHARED_KEYS)
     try:
         async with AsyncTestClient(create_app(settings)) as client:
             relay = client.app.state.container.relay

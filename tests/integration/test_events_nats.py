@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from urllib.parse import unquote
 
 import nats
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from consent.adapters.tables import events
 from consent.api.app import create_app
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, MASTER_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables
+from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, SHARED_KEYS, USER_TOKEN_SECRET, empty_tables
 
 MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
 
@@ -27,7 +28,7 @@ async def events_app(postgresql_url, nats_names):
     stream, prefix = nats_names
     settings = Settings(database_url=postgresql_url, nats_url=NATS_URL, admin_keys=(ADMIN_KEY,),
                         user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix,
-                        master_key=MASTER_KEY)
+                        **SHARED_KEYS)
     async with AsyncTestClient(create_app(settings)) as client:
         yield client, stream, prefix
 
@@ -99,6 +100,38 @@ async def test_events_are_cloudevents_on_the_contract_subjects(events_app, postg
     # What was shown to the user, and partner names, stay out of the events.
     assert b"canary-text-shown" not in messages[-1].data and b"Acme Ltd" not in messages[2].data
     assert await logged_event_ids(postgresql_url) == [m.headers["Nats-Msg-Id"] for m in messages]
+
+
+async def test_a_dotted_scope_id_is_one_subject_token_that_a_wildcard_matches(events_app):
+    """`profile.email` is published as `profile%2Eemail`: one token, as `<prefix>.scope.defined.*` expects."""
+    client, _, prefix = events_app
+    nc = await nats.connect(NATS_URL)
+    scopes = await nc.subscribe(f"{prefix}.scope.defined.*")
+    granted = await nc.subscribe(f"{prefix}.subject.granted.*.*")
+    await nc.flush()
+    try:
+        for scope_id in ("profile", "profile.email"):
+            answer = await client.put(f"/v1/scopes/{scope_id}", headers=ADMIN,
+                                      json={"title": "P", "description": "", "sensitivity": "low"})
+            assert answer.status_code == 201, answer.text
+        await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
+        await client.put("/v1/partners/acme", headers=ADMIN, json={
+            "name": "Acme", "status": "active", "data_uses": {"marketing": ["profile.email"]}})
+        # A dotted subject id: never in a NATS subject (the purpose and partner are), only in the CloudEvent.
+        answer = await client.post("/v1/subjects/user.42/consents", headers=ADMIN, json={"changes": [
+            {"purpose": "marketing", "partner": "acme", "scopes": ["profile.email"], "action": "grant"}]})
+        assert answer.status_code == 200, answer.text
+        defined = [await scopes.next_msg(timeout=5) for _ in range(2)]
+        grant = await granted.next_msg(timeout=5)
+    finally:
+        await nc.close()
+
+    assert [m.subject for m in defined] == [
+        f"{prefix}.scope.defined.profile", f"{prefix}.scope.defined.profile%2Eemail"]
+    # The token decodes back to the id with any URL decoder; the CloudEvent carries the id as is.
+    assert unquote(defined[1].subject.rsplit(".", 1)[1]) == json.loads(defined[1].data)["subject"] == "profile.email"
+    assert grant.subject == f"{prefix}.subject.granted.marketing.acme"
+    assert json.loads(grant.data)["subject"] == "user.42"
 
 
 async def test_no_event_is_skipped_when_transactions_commit_out_of_order(events_app, postgresql_url):

@@ -249,7 +249,7 @@ async def test_the_openapi_scopes_are_the_ones_enforced(governed):
                 lacking = answer.status_code == 403 and answer.json().get("code") == "insufficient_scope"
                 assert lacking == (scope not in needed[0]), f"{method} {path} with {scope}: {answer.status_code}"
             checked += 1
-    assert checked == 8  # decisions, batch, permissions, and five catalog reads
+    assert checked == 9  # decisions, batch, permissions, five catalog reads and the partner's health
 
 
 async def test_secrets_are_compared_in_constant_time(governed, monkeypatch):

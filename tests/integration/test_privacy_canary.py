@@ -15,7 +15,16 @@ from litestar.testing import AsyncTestClient
 
 from consent.api.app import create_app
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, MASTER_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables, user_headers
+from tests.conftest import (
+    ADMIN,
+    ADMIN_KEY,
+    MASTER_KEY,
+    NATS_URL,
+    SHARED_KEYS,
+    USER_TOKEN_SECRET,
+    empty_tables,
+    user_headers,
+)
 from tests.integration.test_events_nats import stream_messages
 
 SUBJECT = "canary-subject-3b9e1f"
@@ -54,7 +63,7 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
     stream, prefix = nats_names
     settings = Settings(database_url=postgresql_url, nats_url=NATS_URL, admin_keys=(ADMIN_KEY,),
                         user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix,
-                        master_key=MASTER_KEY, pseudonym_key=PSEUDONYM_KEY)
+                        **{**SHARED_KEYS, "pseudonym_key": PSEUDONYM_KEY})
     user = user_headers(SUBJECT)
     async with AsyncTestClient(create_app(settings)) as client:
         await client.put("/v1/scopes/orders", headers=ADMIN, json={"title": "O", "description": "",

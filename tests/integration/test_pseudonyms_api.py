@@ -55,7 +55,8 @@ async def test_an_admin_sets_a_partner_pairwise_and_an_update_keeps_it(client):
 
 
 async def test_without_the_key_no_partner_becomes_pairwise_and_no_pseudonym_is_issued(settings):
-    async with AsyncTestClient(create_app(msgspec.structs.replace(settings, pseudonym_key=None))) as client:
+    async with AsyncTestClient(create_app(msgspec.structs.replace(settings, pseudonym_key=None,
+                                                                      allow_ephemeral_keys=True))) as client:
         await setup_catalog(client)
         refused = await client.put("/v1/partners/acme", headers=ADMIN, json={
             "name": "acme", "status": "active", "identifiers": "pairwise"})

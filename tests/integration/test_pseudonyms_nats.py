@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from consent.api.app import create_app
 from consent.config import Settings
 from consent.domain.pseudonyms import pseudonym
-from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, USER_TOKEN_SECRET, empty_tables
+from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, SHARED_KEYS, USER_TOKEN_SECRET, empty_tables
 from tests.integration.test_events_faults import wait_until
 from tests.integration.test_events_nats import stream_messages
 
@@ -26,7 +26,7 @@ async def pairwise_settings(postgresql_url, nats_names) -> Settings:
     stream, prefix = nats_names
     return Settings(database_url=postgresql_url, nats_url=NATS_URL, admin_keys=(ADMIN_KEY,),
                     user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix,
-                    pseudonym_key=KEY)
+                    **{**SHARED_KEYS, "pseudonym_key": KEY})
 
 
 async def setup(client) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from consent.adapters.database import Database
 from consent.adapters.rebuild import READ_MODELS, rebuild_projections
 from consent.adapters.tables import consents
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, SHARED_KEYS
 
 
 async def snapshot(url: str) -> dict[str, list]:
@@ -128,7 +128,8 @@ async def test_the_rebuild_holds_no_transaction_id_while_it_replays(postgresql_u
 
     database_url = postgresql_url
     await empty_tables(database_url)
-    async with AsyncTestClient(create_app(Settings(database_url=database_url, admin_keys=(ADMIN_KEY,)))) as client:
+    async with AsyncTestClient(create_app(Settings(database_url=database_url, admin_keys=(ADMIN_KEY,),
+                                                         **SHARED_KEYS))) as client:
         await build_history(client)
     name = sa.make_url(database_url).database
     holding = []

@@ -14,7 +14,7 @@ import pytest
 
 from consent.adapters.relay_process import relay_env
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, empty_tables
+from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, SHARED_KEYS_ENV, empty_tables
 from tests.integration.test_events_faults import (
     SIGNING_KEY,
     assert_exactly_once,
@@ -27,7 +27,7 @@ from tests.integration.test_events_nats import MARKETING, logged_event_ids, stre
 
 
 def start_service(database_url: str, stream: str, prefix: str, port: int, relay: str) -> subprocess.Popen:
-    env = {**os.environ, "CONSENT_DATABASE_URL": database_url, "CONSENT_NATS_URL": NATS_URL,
+    env = {**os.environ, **SHARED_KEYS_ENV, "CONSENT_DATABASE_URL": database_url, "CONSENT_NATS_URL": NATS_URL,
            "CONSENT_ADMIN_KEYS": ADMIN_KEY, "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix,
            "CONSENT_TOKEN_SIGNING_KEY": SIGNING_KEY, "CONSENT_RELAY": relay}
     return subprocess.Popen(

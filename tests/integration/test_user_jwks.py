@@ -26,7 +26,7 @@ from litestar.testing import AsyncTestClient
 from consent.adapters.jwks import JwksKeys, read_jwks
 from consent.api.app import create_app
 from consent.config import Settings
-from tests.conftest import ADMIN, ADMIN_KEY, USER_TOKEN_SECRET, user_headers
+from tests.conftest import ADMIN, ADMIN_KEY, SHARED_KEYS, USER_TOKEN_SECRET, user_headers
 from tests.integration.test_auth_api import assert_forbidden, assert_unauthorized
 
 ISSUER = "https://idp.example/"
@@ -119,7 +119,7 @@ def idp() -> Iterator[IdentityProvider]:
 
 
 def idp_settings(database_url: str, jwks_url: str, **overrides) -> Settings:
-    return Settings(**{"database_url": database_url, "admin_keys": (ADMIN_KEY,),
+    return Settings(**{**SHARED_KEYS, "database_url": database_url, "admin_keys": (ADMIN_KEY,),
                        "user_token_secret": USER_TOKEN_SECRET, "user_jwks_url": jwks_url,
                        "user_token_issuer": ISSUER, "user_token_audience": AUDIENCE,
                        # Every unknown key id fetches again, so that rotation shows at once.
@@ -251,7 +251,8 @@ async def test_without_a_jwks_idp_tokens_are_401(client_without_jwks):
 
 @pytest.fixture
 async def client_without_jwks(database_url):
-    settings = Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET)
+    settings = Settings(database_url=database_url, admin_keys=(ADMIN_KEY,), user_token_secret=USER_TOKEN_SECRET,
+                        **SHARED_KEYS)
     async with AsyncTestClient(create_app(settings)) as client:
         yield client
 

@@ -27,7 +27,7 @@ from consent.domain.subject import Change, change_consents
 from tests.conftest import (
     ADMIN,
     ADMIN_KEY,
-    MASTER_KEY,
+    SHARED_KEYS,
     create_postgres_database,
     drop_postgres_database,
     empty_tables,
@@ -46,7 +46,7 @@ def write(action: str = "grant", purpose: str = "marketing") -> dict:
 async def pg_settings(postgresql_url: str) -> Settings:
     """Group commit is PostgreSQL's (SQLite has one writer at a time)."""
     await empty_tables(postgresql_url)
-    return Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,), master_key=MASTER_KEY)
+    return Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,), **SHARED_KEYS)
 
 
 async def two_processes(settings):
@@ -238,7 +238,7 @@ async def test_a_value_the_database_refuses_fails_only_its_own_write(postgresql_
 async def test_a_database_gone_is_a_503_problem_on_the_hot_routes(thin):
     url = await create_postgres_database()
     await asyncio.to_thread(migrate.upgrade, url)
-    settings = Settings(database_url=url, admin_keys=(ADMIN_KEY,), master_key=MASTER_KEY, scheduler_interval=0,
+    settings = Settings(database_url=url, admin_keys=(ADMIN_KEY,), **SHARED_KEYS, scheduler_interval=0,
                         checkpoint_interval=0, fast_writes=thin, fast_decisions=thin)
     try:
         async with AsyncTestClient(create_app(settings)) as client:

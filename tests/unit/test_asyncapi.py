@@ -28,3 +28,11 @@ def test_every_event_type_has_a_channel_and_message():
     assert {"purpose", "partner", "scopes", "expires_at", "purpose_version", "source", "position",
             "stream_version"} <= set(granted)
     assert "evidence" not in granted  # never published
+
+
+def test_the_channels_say_how_an_id_is_written_as_one_token():
+    document = yaml.safe_load(COMMITTED.read_text())
+    scope_id = document["channels"]["scope_defined"]["parameters"]["id"]
+    assert "%2E" in scope_id["description"] and "profile%2Eemail" in scope_id["examples"]
+    partner = document["channels"]["subject_granted"]["parameters"]["partner"]
+    assert "%XX" in partner["description"]

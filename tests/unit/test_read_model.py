@@ -57,3 +57,22 @@ def test_the_feed_folds_into_cached_states_and_drops_what_it_cannot_fold():
         assert len(cache) == 0 and cache.position == 9
 
     asyncio.run(scenario())
+
+
+def test_lag_is_never_negative_when_events_arrive_while_the_head_is_read():
+    """/health/ready once reported "feed_lag": -55 after a burst: events applied during the head's read."""
+    granted = ConsentGranted(occurred_at=datetime(2026, 1, 1, tzinfo=UTC), purpose="m", partner=None,
+                             scopes=None, purpose_version=1, source="web")
+
+    class BusyReader(CountingReader):
+        """The database's head as read, while the in-process bus applies 55 newer events meanwhile."""
+
+        async def head_position(self) -> int:
+            head = cache.position
+            cache.apply([RecordedEvent(uuid.uuid4(), f"subject:s-{n}", 1, head + n, granted, granted.occurred_at)
+                         for n in range(1, 56)])
+            return head
+
+    cache = SubjectCache(BusyReader(), capacity=100)
+    assert asyncio.run(cache.lag()) == 0
+    assert cache.position == 55

@@ -11,8 +11,9 @@ from pathlib import Path
 import jwt
 import msgspec
 import pytest
+from joserfc.errors import SecurityWarning
 
-from consent.adapters.receipt_keys import ReceiptKeyError, ReceiptKeys, add_new_key
+from consent.adapters.receipt_keys import RECEIPT_TYP, ReceiptKeyError, ReceiptKeys, add_new_key, read_key_file
 from consent.app.ports import RecordedEvent
 from consent.app.receipts import (
     ReceiptSettings,
@@ -24,6 +25,7 @@ from consent.app.receipts import (
 from consent.cli import main
 from consent.domain.catalog import Catalog, Purpose, Scope
 from consent.domain.events import ConsentGranted, SubjectErased
+from tests.receipt_verifiers import with_joserfc, with_pyjwt
 
 NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
 
@@ -69,9 +71,38 @@ def test_the_same_key_signs_the_same_claims_alike_and_verifies(tmp_path: Path):
     assert keys.kid == kid
     claims = {"jti": "x", "iat": 1}
     assert keys.sign(claims) == ReceiptKeys.from_file(path).sign(claims)
-    jwk = msgspec.to_builtins(keys.jwks.keys[0])
-    assert "d" not in jwk
-    assert jwt.decode(keys.sign(claims), jwt.PyJWK(jwk).key, algorithms=["EdDSA"]) == claims
+    jwks = msgspec.to_builtins(keys.jwks)
+    assert "d" not in jwks["keys"][0]
+    assert jwt.get_unverified_header(keys.sign(claims))["alg"] == jwks["keys"][0]["alg"] == "Ed25519"
+    assert with_joserfc(keys.sign(claims), jwks) == with_pyjwt(keys.sign(claims), jwks) == claims
+
+
+def test_a_key_of_an_earlier_build_is_published_without_alg_and_verifies_its_old_and_new_receipts(tmp_path: Path):
+    """Earlier builds wrote `alg: EdDSA` in the key file and signed receipts as `EdDSA`. Such a key now signs as
+    `Ed25519`, so it is published without `alg`: a JWK naming one would refuse the other's receipts."""
+    path = tmp_path / "keys.json"
+    add_new_key(path)
+    document = json.loads(path.read_text())
+    document["keys"][0]["alg"] = "EdDSA"  # as an earlier build wrote it
+    path.write_text(json.dumps(document))
+    old_kid = document["keys"][0]["kid"]
+    claims = {"jti": "x", "iat": 1}
+    old_receipt = jwt.encode(claims, read_key_file(path)[0].key, algorithm="EdDSA",
+                             headers={"kid": old_kid, "typ": RECEIPT_TYP})
+    keys = ReceiptKeys.from_file(path)
+    jwks = msgspec.to_builtins(keys.jwks)
+    assert "alg" not in jwks["keys"][0]
+    new_receipt = keys.sign(claims)
+    assert jwt.get_unverified_header(new_receipt)["alg"] == "Ed25519"
+    assert with_joserfc(new_receipt, jwks) == with_pyjwt(new_receipt, jwks) == claims
+    assert with_pyjwt(old_receipt, jwks, algorithms=("EdDSA",)) == claims
+    with pytest.warns(SecurityWarning, match="deprecated"):  # joserfc's word on the old name
+        assert with_joserfc(old_receipt, jwks, algorithms=("EdDSA",)) == claims
+    # A rotation keeps what the file says of the old key; the new key is published with its `alg`.
+    new_kid, _ = add_new_key(path)
+    published = {key["kid"]: key.get("alg") for key in msgspec.to_builtins(ReceiptKeys.from_file(path).jwks)["keys"]}
+    assert published == {new_kid: "Ed25519", old_kid: None}
+    assert with_pyjwt(old_receipt, msgspec.to_builtins(ReceiptKeys.from_file(path).jwks), ("EdDSA",)) == claims
 
 
 def test_rotation_puts_the_new_key_first_and_keeps_the_file_private(tmp_path: Path):

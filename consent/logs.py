@@ -1,0 +1,182 @@
+"""Log lines: JSON lines for machines, readable text on a terminal; one access line per request.
+
+`consent serve` configures the root logger with `logging_config` and gives uvicorn the same, so that
+its own lines look alike. The app itself never configures logging: whoever hosts it decides where lines
+go (a test, a host's own setup), which is also why the access line is an ordinary log record.
+
+No line carries a subject id, a path parameter, a query, a body or a token: the access line names the
+route by its template (consent/api/observability.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import msgspec
+
+from consent.app.telemetry import current_request
+
+ACCESS_LOGGER = "consent.access"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_FORMATS = ("auto", "json", "text")
+_encode = msgspec.json.Encoder().encode
+
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class AccessRecord(logging.LogRecord):
+    """One request's access line. Built for the hot path: LogRecord's own constructor looks up the caller's
+    file and the process name for every record, and its attributes grow the record's dict one by one; here
+    the dict is a copy of a template that has every key already (formatters read the record's __dict__)."""
+
+    _TEMPLATE = {**logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "HTTP request", (), None).__dict__,
+                 "request_id": b"", "route": "", "method": "", "status": 0, "seconds": 0.0, "partner": None}
+
+    def __init__(self, request_id: bytes, route: str, method: str, status: int, seconds: float,
+                 partner: str | None) -> None:
+        fields = self._TEMPLATE.copy()
+        created = time.time()
+        fields["created"] = created
+        fields["msecs"] = (created - int(created)) * 1000
+        fields["relativeCreated"] = (created - logging._startTime) * 1000
+        fields["thread"] = threading.get_ident()
+        fields["threadName"] = threading.current_thread().name
+        fields["process"] = _pid
+        fields["request_id"] = request_id
+        fields["route"] = route
+        fields["method"] = method
+        fields["status"] = status
+        fields["seconds"] = seconds
+        fields["partner"] = partner
+        self.__dict__ = fields
+
+    def summary(self) -> str:
+        return f"{self.method} {self.route} {self.status} {self.seconds * 1000:.2f}ms"
+
+    def getMessage(self) -> str:  # noqa: N802 - logging's name
+        """For text formatters: every field in the message."""
+        partner = f" partner={self.partner}" if self.partner is not None else ""
+        return f"{self.summary()} request_id={self.request_id.decode('ascii')}{partner}"
+
+    def json(self, when: str) -> str:
+        """The line in JSON, built as text: every value is of a fixed alphabet that JSON needs no escape for
+        (request ids of A-Z a-z 0-9 . _ -, route templates of this service, HTTP methods of a fixed list,
+        partner ids of a-z 0-9 _ -, numbers), so no encoder runs."""
+        partner = f',"partner":"{self.partner}"' if self.partner is not None else ""
+        return (f'{{"time":"{when}","level":"INFO","logger":"{ACCESS_LOGGER}","message":"{self.method} '
+                f'{self.route} {self.status}","request_id":"{self.request_id.decode("ascii")}","route":"{self.route}",'
+                f'"method":"{self.method}","status":{self.status},"duration_ms":{self.seconds * 1000:.3f}{partner}}}')
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC), level, logger, message; an access line's fields; the request id of
+    any other line written while a request is handled; the exception's traceback, if any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # formatting the date is the costly part: once a second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        if type(record) is AccessRecord:  # the hot path
+            return record.json(self._time(record.created))
+        line: dict[str, Any] = {"time": self._time(record.created), "level": record.levelname,
+                                "logger": record.name, "message": record.getMessage()}
+        facts = current_request()
+        if facts is not None:
+            line["request_id"] = facts.request_id.decode("ascii")
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return _encode(line).decode()
+
+
+class BatchingStderrHandler(logging.StreamHandler):
+    """Lines to stderr, written out every `interval` seconds rather than one system call a line (the access
+    line of every request made that the larger part of its cost); WARNING and above at once."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(open(sys.stderr.fileno(), "w", buffering=1 << 16, encoding="utf-8",  # noqa: SIM115
+                              errors="backslashreplace", closefd=False))
+        self._closed = threading.Event()
+        threading.Thread(target=self._flush_every, args=(interval,), name="consent-log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise into the caller
+            self.handleError(record)
+
+    def _flush_every(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+
+def wants_json(log_format: str, stream: Any = None) -> bool:
+    """"json" or "text" as asked; "auto": JSON unless the stream (stderr) is a terminal."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"the log format is one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    if log_format != "auto":
+        return log_format == "json"
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return not (isatty is not None and isatty())
+
+
+def logging_config(log_format: str = "auto", level: str = "INFO") -> dict[str, Any]:
+    """A logging.config.dictConfig for `consent serve` and its uvicorn: every line to stderr, in one format."""
+    formatter = {"()": "consent.logs.JsonFormatter"} if wants_json(log_format) else {"format": TEXT_FORMAT}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"consent": formatter},
+        "handlers": {"stderr": {"()": "consent.logs.BatchingStderrHandler", "formatter": "consent"}},
+        "root": {"level": level, "handlers": ["stderr"]},
+        # Uvicorn's loggers keep no handlers of their own: their lines reach the root's.
+        "loggers": {name: {"level": level, "handlers": [], "propagate": True}
+                    for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+    }
+
+
+def configure_logging() -> None:
+    """A `consent` command's root logger, in CONSENT_LOG_FORMAT: read before the other settings, so that a
+    bad value is refused by them (here it means auto). Like logging.basicConfig, nothing when the root logger
+    has handlers already: then whoever runs the command (a test, say) has configured logging."""
+    if logging.getLogger().handlers:
+        return
+    log_format = os.environ.get("CONSENT_LOG_FORMAT", "").strip() or "auto"
+    logging.config.dictConfig(logging_config(log_format if log_format in LOG_FORMATS else "auto"))
