@@ -10,10 +10,12 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # The full source tree: hatchling force-includes migrations/ into the wheel as consent/_migrations.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY consent/ consent/
 COPY migrations/ migrations/
-RUN pip wheel --wheel-dir /wheels .
+# The dependencies at the versions CI tested (requirements.lock), then the project itself.
+RUN pip wheel --wheel-dir /wheels -r requirements.lock \
+ && pip wheel --wheel-dir /wheels --no-deps .
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -6,17 +6,26 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev openapi asyncapi bench clean
+.PHONY: run test test-unit install install-dev lock openapi asyncapi bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Exact versions from the lock files (`make lock` writes them from pyproject.toml's ranges), then the package.
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+
+lock: $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --no-header -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --no-header -q --extra dev \
+		-o requirements-dev.lock
 
 run: install
 	$(BIN)/consent serve --host $(HOST) --port $(PORT)
@@ -24,6 +33,10 @@ run: install
 test: install-dev
 	$(BIN)/ruff check consent tests examples bench
 	$(BIN)/python -m pytest -q
+
+# The tests that need no server (domain, settings, caches): seconds, not minutes.
+test-unit: install-dev
+	$(BIN)/python -m pytest -q tests/unit
 
 openapi: install
 	$(BIN)/python -m consent.api.openapi_export > openapi/openapi.json

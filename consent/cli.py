@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "CONSENT_MASTER_KEYS_OLD; events are not touched. Needs CONSENT_DATABASE_URL (migrated).")
     rewrap.add_argument("--batch", type=_at_least(1), default=500,
                         help="data keys a transaction (default: %(default)s)")
+    token = command("user-token", "print an end-user token for a subject (to try the end-user API)",
+                    "Signs HS256 with CONSENT_USER_TOKEN_SECRET, as the platform's own login would.")
+    token.add_argument("subject", metavar="SUBJECT", help="the subject id the token speaks for (its `sub`)")
+    token.add_argument("--ttl", type=_at_least(1), default=3600, help="seconds until it expires (default: %(default)s)")
     return parser
 
 
@@ -124,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "keys":
         return asyncio.run(cli_keys.rewrap(settings, args.batch))
+
+    if args.command == "user-token":
+        return _user_token(settings, args.subject, args.ttl)
 
     if args.command == "db":
         if args.action == "upgrade":
@@ -168,6 +175,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     uvicorn.run("consent.api.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, access_log=False, log_level="info", loop="auto", http="auto",
                 log_config=logging_config(settings.log_format))  # uvicorn's lines in the same format
+    return 0
+
+
+def _user_token(settings: Settings, subject: str, ttl: int) -> int:
+    import time
+
+    import jwt
+
+    if settings.user_token_secret is None:
+        print("consent user-token: CONSENT_USER_TOKEN_SECRET is not set (the server needs the same one)",
+              file=sys.stderr)
+        return 1
+    now = int(time.time())
+    print(jwt.encode({"sub": subject, "iat": now, "exp": now + ttl}, settings.user_token_secret, algorithm="HS256"))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Settings from the environment (API.md "Configuration")."""
+"""Settings from the environment: each field of `Settings` is read from CONSENT_<FIELD NAME> and checked
+against its declared form and bounds (consent/config_fields.py); README, Configuration, describes them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from consent.adapters.cipher import decode_master_key
 from consent.adapters.receipt_keys import is_inline, parse_key_set
 from consent.config_fields import Bounds, SettingsError, check, env_variable, fields_of, parse
 from consent.domain.pseudonyms import MIN_KEY_LENGTH
-
-__all__ = ["EMBEDDED_DATABASE_URL", "Settings", "SettingsError"]
 
 EMBEDDED_DATABASE_URL = "sqlite+aiosqlite:///./consent.db"
 # What a browser sends as Origin: scheme, lower-case host and optional port; no path, no wildcard.

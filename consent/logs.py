@@ -10,12 +10,14 @@ route by its template (consent/api/observability.py).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.config
 import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import msgspec
@@ -83,6 +85,9 @@ class AccessRecord(logging.LogRecord):
                 f'"method":"{self.method}","status":{self.status},"duration_ms":{self.seconds * 1000:.3f}{partner}}}')
 
 
+_MILLISECONDS = [f"{n:03d}" for n in range(1000)]  # a lookup costs less than a format
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (UTC), level, logger, message; an access line's fields; the request id of
     any other line written while a request is handled; the exception's traceback, if any."""
@@ -97,7 +102,7 @@ class JsonFormatter(logging.Formatter):
         if second != self._second:  # formatting the date is the costly part: once a second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+        return f"{self._second_text}.{_MILLISECONDS[int((created - second) * 1000)]}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         if type(record) is AccessRecord:  # the hot path
@@ -117,33 +122,44 @@ class JsonFormatter(logging.Formatter):
 
 
 class BatchingStderrHandler(logging.StreamHandler):
-    """Lines to stderr, written out every `interval` seconds rather than one system call a line (the access
-    line of every request made that the larger part of its cost); WARNING and above at once."""
+    """Lines to stderr. Access lines are written out every `interval` seconds rather than one system call a
+    line (that made the larger part of their cost); any other line at once, with those before it. (Uvicorn
+    ends with its "Finished server process" line, then kills its own process with the signal it got: no
+    exit handler runs after that.)
+
+    Like a StreamHandler it keeps working once closed: a later logging.config.dictConfig (Litestar runs one
+    at start-up) closes every handler it did not make, though the root logger still holds them."""
 
     def __init__(self, interval: float = 0.5) -> None:
         super().__init__(open(sys.stderr.fileno(), "w", buffering=1 << 16, encoding="utf-8",  # noqa: SIM115
                               errors="backslashreplace", closefd=False))
-        self._closed = threading.Event()
-        threading.Thread(target=self._flush_every, args=(interval,), name="consent-log-flush", daemon=True).start()
+        threading.Thread(target=_flush_every, args=(weakref.ref(self), interval), name="consent-log-flush",
+                         daemon=True).start()
+        # At exit too: logging.shutdown flushes only the handlers no dictConfig has closed.
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write(self.format(record) + self.terminator)
-            if record.levelno >= logging.WARNING:
+            if type(record) is not AccessRecord:  # rare lines go out at once, and take the access lines along
                 self.stream.flush()
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - logging's own convention: report, never raise into the caller
             self.handleError(record)
 
-    def _flush_every(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            self.flush()
 
-    def close(self) -> None:
-        self._closed.set()
-        self.flush()
-        super().close()
+def _flush_at_exit(handler: weakref.ref[BatchingStderrHandler]) -> None:
+    if (alive := handler()) is not None:
+        alive.flush()
+
+
+def _flush_every(handler: weakref.ref[BatchingStderrHandler], interval: float) -> None:
+    """Until the handler is gone."""
+    while (alive := handler()) is not None:
+        alive.flush()
+        del alive
+        time.sleep(interval)
 
 
 def wants_json(log_format: str, stream: Any = None) -> bool:

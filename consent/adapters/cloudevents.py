@@ -1,4 +1,4 @@
-"""Events as CloudEvents 1.0, structured JSON mode of the NATS protocol binding (API.md "Events")."""
+"""Events as CloudEvents 1.0, structured JSON mode of the NATS protocol binding (docs/api.md, "Events")."""
 
 from __future__ import annotations
 

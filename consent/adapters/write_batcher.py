@@ -9,7 +9,7 @@ later writes gather while up to `max_in_flight` batches are out.
 All or nothing per batch, so one write's version conflict (or a value the database refuses) would fail
 its neighbours: a batch the database refuses is sent again one write at a time, and each write gets its
 own answer. A lost connection fails the whole batch (503, retry later).
-The same statement serves one write inside a transaction (`subject_append_statement`).
+The same statement serves one write inside a transaction (`SUBJECT_APPEND` with `subject_append_params`).
 """
 
 from __future__ import annotations

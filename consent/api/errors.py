@@ -1,4 +1,4 @@
-"""Every error leaves as RFC 9457 problem details with a stable `code` (API.md "Errors")."""
+"""Every error leaves as RFC 9457 problem details with a stable `code` (docs/api.md, "Errors")."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The decision route is the hot path, and framework machinery on it (signature
 modelling, dependency injection, response building) costs a large share of its
-throughput (see PERFORMANCE.md). This layer answers the route with the same
+throughput (see docs/performance.md). This layer answers the route with the same
 Structs, authenticator and service as the Litestar handler in decisions.py, which
 stays registered for the OpenAPI document and is what runs when this layer is
 turned off (`CONSENT_FAST_DECISIONS=0`). The tests run the decision suite both ways.

@@ -1,4 +1,4 @@
-"""Liveness and readiness (API.md "Operations"). No credentials: they reveal nothing."""
+"""Liveness and readiness (docs/operations.md). No credentials: they reveal nothing."""
 
 from __future__ import annotations
 

@@ -18,9 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from consent.app.telemetry import LATENCY_BOUNDS, STATUS_CLASSES, PartnerStats, Telemetry
-
-_BUCKET_NAMES = [*(repr(bound) for bound in LATENCY_BOUNDS), "+Inf"]
+from consent.app.telemetry import LATENCY_LABELS, STATUS_CLASSES, PartnerStats, Telemetry
 
 
 class ServiceCollector(Collector):
@@ -51,7 +49,7 @@ class ServiceCollector(Collector):
 
 def _histogram(counts: list[int]) -> list[tuple[str, float]]:
     """Prometheus buckets are cumulative; the counters keep one count a bucket."""
-    return list(zip(_BUCKET_NAMES, itertools.accumulate(counts), strict=True))
+    return list(zip(LATENCY_LABELS, itertools.accumulate(counts), strict=True))
 
 
 def traffic_metrics(telemetry: Telemetry) -> Iterator[Metric]:

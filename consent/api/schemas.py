@@ -1,4 +1,4 @@
-"""Request bodies (API.md). Unknown fields are refused so that a typo is an error, not a silent no-op."""
+"""Request bodies (docs/api.md). Unknown fields are refused so that a typo is an error, not a silent no-op."""
 
 from __future__ import annotations
 

@@ -12,14 +12,20 @@ from datetime import datetime, timedelta
 
 from msgspec import Struct
 
-from consent.app.telemetry import LATENCY_BOUNDS, OUTCOMES, STATUS_CLASSES, VIOLATIONS, PartnerStats
+from consent.app.telemetry import (
+    LATENCY_BOUNDS,
+    LATENCY_LABELS,
+    OUTCOMES,
+    STATUS_CLASSES,
+    VIOLATIONS,
+    PartnerStats,
+)
 from consent.domain.decision import REASONS
 
 WINDOWS = {"PT1H": timedelta(hours=1), "P1D": timedelta(days=1), "P7D": timedelta(days=7)}
 DEFAULT_WINDOW = "PT1H"
 # Rows older than the longest window, and a margin, are deleted.
 KEEP = max(WINDOWS.values()) + timedelta(hours=1)
-LATENCY_LABELS = (*(repr(bound) for bound in LATENCY_BOUNDS), "+Inf")  # as Prometheus names its buckets
 PERCENTILES = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
 
 

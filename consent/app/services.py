@@ -236,7 +236,7 @@ class ConsentService:
                     earlier = await uow.idempotent_answer(idempotency[0])
                     if earlier is not None:
                         if earlier[0] != idempotency[1]:
-                            # A Conflict, so 409 as API.md says: the body is valid, the key is taken.
+                            # A Conflict, so 409 as docs/api.md says: the body is valid, the key is taken.
                             raise Conflict("idempotency_key_reused",
                                            "this Idempotency-Key was used with another request body")
                         return msgspec.convert(earlier[1], ConsentChangeView)

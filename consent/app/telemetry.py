@@ -28,18 +28,13 @@ VIOLATIONS = ("scope_not_approved", "sandbox_only", "insufficient_scope", "rate_
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Upper bounds of the latency buckets, in seconds (Prometheus `le`); one more bucket holds the rest.
 LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+LATENCY_LABELS = (*(repr(bound) for bound in LATENCY_BOUNDS), "+Inf")  # as Prometheus names the buckets
 # Not partner ids: those match ^[a-z0-9], these start with an underscore.
 FIRST_PARTY = "_first_party"  # decisions an admin asks for the platform itself (no partner named)
 UNATTRIBUTED = "_unknown"
 UNMATCHED = "unmatched"  # the route label of a path that matches no route
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 OTHER_METHOD = "OTHER"
-
-
-def status_class(status: int) -> int:
-    """0 for 1xx ... 4 for 5xx (anything else counts as 5xx)."""
-    index = status // 100 - 1
-    return index if 0 <= index <= 4 else 4
 
 
 class PartnerStats:
@@ -50,7 +45,7 @@ class PartnerStats:
         self.decisions = dict.fromkeys(OUTCOMES, 0)
         self.denials = dict.fromkeys(REASONS, 0)  # one per denied scope
         self.violations = dict.fromkeys(VIOLATIONS, 0)
-        self.requests = [0] * len(STATUS_CLASSES)  # by status_class()
+        self.requests = [0] * len(STATUS_CLASSES)  # index 0 for 1xx ... 4 for 5xx
         self.latency = [0] * (len(LATENCY_BOUNDS) + 1)  # requests by latency bucket
         self.latency_sum = 0.0  # seconds
 
@@ -84,13 +79,9 @@ def current_request() -> RequestFacts | None:
     return _current.get()
 
 
-def begin_request(facts: RequestFacts):
-    """Make `facts` the current request's; give the returned token to `end_request`."""
-    return _current.set(facts)
-
-
-def end_request(token) -> None:
-    _current.reset(token)
+# Make a request's facts current: `token = begin_request(facts)`, and when it ends `end_request(token)`.
+begin_request = _current.set
+end_request = _current.reset
 
 
 def note_partner(partner_id: str) -> None:
@@ -137,7 +128,9 @@ class Telemetry:
         if stats is None:
             stats = by_method[method] = RouteStats()
         stats.statuses[status] = stats.statuses.get(status, 0) + 1
-        index = status_class(status)
+        index = status // 100 - 1  # into STATUS_CLASSES; anything else counts as 5xx
+        if not 0 <= index <= 4:
+            index = 4
         bucket = bisect_left(LATENCY_BOUNDS, seconds)
         stats.latency[index][bucket] += 1
         stats.latency_sum[index] += seconds

@@ -1,4 +1,4 @@
-"""What the use cases answer: the wire shapes of API.md, as msgspec Structs."""
+"""What the use cases answer: the wire shapes of docs/api.md, as msgspec Structs."""
 
 from __future__ import annotations
 

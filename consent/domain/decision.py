@@ -2,7 +2,7 @@
 
 A pure function of the catalog, the subject's consent state and the time. Default is
 deny; each denied scope carries the first reason that applies, checked in the order
-of DESIGN.md "Decision rules".
+of docs/design.md, "Decision rules".
 """
 
 from __future__ import annotations

@@ -118,6 +118,7 @@ async def test_consent_serve_writes_json_lines_uvicorns_too(tmp_path):
     lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
     messages = {line["message"] for line in lines}
     assert "Application startup complete." in messages, tail(log.read_text())  # uvicorn's own
+    assert lines[-1]["message"].startswith("Finished server process"), tail(log.read_text())  # nothing lost at exit
     access = [line for line in lines if line["logger"] == ACCESS_LOGGER and line["request_id"] == "from-test"]
     assert access and access[0]["route"] == "/v1/subjects/{subject_id}/consents" and access[0]["status"] == 401
     assert SUBJECT not in log.read_text()

@@ -1,4 +1,4 @@
-"""Who may call what (API.md): 401 without valid credentials, 403 outside the caller's rights."""
+"""Who may call what (docs/api.md): 401 without valid credentials, 403 outside the caller's rights."""
 
 import asyncio
 import base64

@@ -1,4 +1,4 @@
-"""Bad input (DESIGN.md "done"): a clear 4xx problem document, never a 5xx, and nothing written."""
+"""Bad input (docs/design.md, "What done means"): a clear 4xx problem document, never a 5xx, and nothing written."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Catalog over HTTP (API.md "Catalog"): purposes, scopes and partners, on both backends."""
+"""Catalog over HTTP (docs/api.md, "Catalog"): purposes, scopes and partners, on both backends."""
 
 import pytest
 import sqlalchemy as sa

@@ -1,4 +1,4 @@
-"""Consents over HTTP (API.md "Consents"): commands, reads, history, idempotency, If-Match, GPC."""
+"""Consents over HTTP (docs/api.md, "Consents"): commands, reads, history, idempotency, If-Match, GPC."""
 
 from datetime import datetime, timedelta
 

@@ -34,3 +34,24 @@ async def test_upgrade_downgrade_upgrade(scratch_url):
 
     await asyncio.to_thread(migrate.upgrade, scratch_url)
     assert (await tables_and_diff(scratch_url))[0] == expected
+
+
+async def test_0009_partner_health_upgrades_and_downgrades(scratch_url):
+    await asyncio.to_thread(migrate.upgrade, scratch_url, "0008")
+    assert "partner_health" not in (await tables_and_diff(scratch_url))[0]
+    await asyncio.to_thread(migrate.upgrade, scratch_url, "0009")
+    engine = create_async_engine(scratch_url)
+    try:
+        async with engine.begin() as conn:
+            indexes = await conn.run_sync(lambda c: sa.inspect(c).get_indexes("partner_health"))
+            key = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("partner_health"))
+            await conn.execute(sa.text("INSERT INTO partner_health VALUES ('acme', '2026-03-03 12:00:00+00', "
+                                       "'decision', 'permit', 2)"))
+    finally:
+        await engine.dispose()
+    assert key["constrained_columns"] == ["partner_id", "bucket_start", "metric", "label"]
+    assert [index["column_names"] for index in indexes] == [["bucket_start"]]
+    await asyncio.to_thread(migrate.downgrade, scratch_url, "0008")
+    assert "partner_health" not in (await tables_and_diff(scratch_url))[0]
+    await asyncio.to_thread(migrate.upgrade, scratch_url)
+    assert "partner_health" in (await tables_and_diff(scratch_url))[0]

@@ -15,6 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from consent.api.app import create_app
 from consent.config import Settings
+from consent.logs import ACCESS_LOGGER, JsonFormatter
 from tests.conftest import (
     ADMIN,
     ADMIN_KEY,
@@ -44,6 +45,7 @@ class _Lines(logging.Handler):
         if record.name.startswith(CALLER_LOGGERS):
             return
         self.lines.append(logging.Formatter("%(name)s %(levelname)s %(message)s %(exc_text)s").format(record))
+        self.lines.append(JsonFormatter().format(record))  # as `consent serve` writes it, request id and all
 
 
 @pytest.fixture
@@ -120,9 +122,14 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
                ADMIN_KEY, MASTER_KEY, PSEUDONYM_KEY)
     personal = (SUBJECT, EMAIL, IP, AGENT, NOTE)
 
-    leaking = [line for line in log_lines if any(canary in line for canary in (*personal, *secrets))]
+    # The pseudonym was a path parameter (its permissions): no log line names it either.
+    leaking = [line for line in log_lines if any(canary in line for canary in (*personal, *secrets, pseudonym))]
     assert log_lines and not leaking, leaking[:3]
+    access = " ".join(line for line in log_lines if line.startswith(ACCESS_LOGGER))
+    assert "/v1/subjects/{subject_id}/permissions" in access and "/v1/subjects/{subject_id}/erase" in access
     assert not any(canary in metrics for canary in (*personal, *secrets, pseudonym))
+    assert 'consent_partner_decisions_total{outcome="permit",partner="acme"} 2.0' in metrics  # the batch's too
+    assert 'route="/v1/subjects/{subject_id}/history"' in metrics
 
     by_type = {message.subject.removeprefix(prefix + "."): message.data.decode() for message in messages}
     assert set(by_type) >= {"subject.granted.marketing.acme", "subject.erased._._"}

@@ -1,6 +1,6 @@
 """The decision function: a pure function of catalog, consent state and an injected clock.
 
-Every reason of DESIGN.md "Decision rules" is reached, the order between them holds when
+Every reason of docs/design.md, "Decision rules", is reached, the order between them holds when
 several apply, and `retain_until` is the earliest of its three limits.
 """
 

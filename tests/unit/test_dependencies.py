@@ -37,3 +37,24 @@ def test_every_imported_package_is_declared():
         if not distributions & declared:
             undeclared[module] = sorted(distributions)
     assert not undeclared, f"imported but only reached through another package: {undeclared}"
+
+
+def _locked(name: str) -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", (ROOT / name).read_text(), re.M)
+    return {package.lower().replace("_", "-").replace(".", "-"): version for package, version in pins}
+
+
+def test_the_lock_files_pin_every_declared_dependency_within_its_range():
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for lock, requirements in (("requirements.lock", project["dependencies"]),
+                               ("requirements-dev.lock", project["dependencies"]
+                                + project["optional-dependencies"]["dev"])):
+        pinned = _locked(lock)
+        for line in requirements:
+            requirement = Requirement(line)
+            name = requirement.name.lower().replace("_", "-").replace(".", "-")
+            assert name in pinned, f"{lock} does not pin {name}: run `make lock`"
+            assert requirement.specifier.contains(pinned[name], prereleases=True), (
+                f"{lock} pins {name}=={pinned[name]} outside {requirement.specifier}: run `make lock`")
