@@ -20,13 +20,17 @@ from typing import Any
 import asyncpg
 import httpx
 
+from consent.adapters.receipt_keys import new_key_set
 from consentbench.figures import log
 from consentbench.machine import free_port, listening_pid, process_rss_mb, service_revision
 from consentbench.server import Server
 from consentbench.workload import subject_width
 
-# Wraps the data keys that encrypt evidence; every server of one run shares it (they share a database).
-MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+# The keys every server of one run shares (they share a database), as `consent keys init` makes them.
+# To bench an older tree that reads CONSENT_RECEIPT_KEYS only as a file: --server-env CONSENT_RECEIPT_KEYS=
+SHARED_KEYS = {"CONSENT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+               "CONSENT_PSEUDONYM_KEY": secrets.token_urlsafe(32),
+               "CONSENT_RECEIPT_KEYS": new_key_set()}
 
 
 def postgres_urls(base: str, database: str) -> tuple[str, str]:
@@ -120,10 +124,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_")}
         env.update(CONSENT_DATABASE_URL=self.database_url, CONSENT_ADMIN_KEYS=self.admin_key,
                    CONSENT_TOKEN_SIGNING_KEY=signing_key or secrets.token_urlsafe(32), CONSENT_PARTNER_RATE_LIMIT="0",
-                   CONSENT_MASTER_KEY=MASTER_KEY,
-                   # Receipts and pairwise pseudonyms are signed with keys of each server's own: the service
-                   # refuses PostgreSQL without shared ones unless told this is not production.
-                   CONSENT_ALLOW_EPHEMERAL_KEYS="1")
+                   **SHARED_KEYS)
         env.update(dict(setting.split("=", 1) for setting in self.args.server_env))
         env.update(extra_env or {})
         uvicorn = Path(sys.executable).parent / "uvicorn"

@@ -31,7 +31,7 @@ from consent.app.telemetry import (
     begin_request,
     end_request,
 )
-from consent.logs import ACCESS_LOGGER, AccessRecord
+from consent.logs import ACCESS_LOGGER, AccessRecord, AccessWriter, direct_access_writer
 
 REQUEST_ID_HEADER = b"x-request-id"
 _WELL_FORMED = re.compile(rb"[A-Za-z0-9._-]{1,64}").fullmatch
@@ -46,8 +46,12 @@ def request_ids():
 
 def observed(app: ASGIApp, telemetry: Telemetry, access_log: bool = True) -> ASGIApp:
     new_request_id = request_ids().__next__
+    # Chosen at the first request, once whoever hosts the app has set up logging (consent/logs.py).
+    write_access: AccessWriter | None = None
+    writer_chosen = False
 
     async def observe(scope: dict, receive, send) -> None:
+        nonlocal write_access, writer_chosen
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
@@ -83,8 +87,13 @@ def observed(app: ASGIApp, telemetry: Telemetry, access_log: bool = True) -> ASG
             if method not in METHODS:
                 method = OTHER_METHOD
             telemetry.request_done(route, method, status, seconds, facts)
-            if access_log and _access_log.isEnabledFor(logging.INFO):
-                _access_log.handle(AccessRecord(request_id, route, method, status, seconds, facts.partner))
+            if access_log:
+                if not writer_chosen:
+                    write_access, writer_chosen = direct_access_writer(), True
+                if write_access is not None:
+                    write_access(request_id, route, method, status, seconds, facts.partner)
+                elif _access_log.isEnabledFor(logging.INFO):
+                    _access_log.handle(AccessRecord(request_id, route, method, status, seconds, facts.partner))
 
     return observe
 

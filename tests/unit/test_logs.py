@@ -84,3 +84,30 @@ def test_the_host_keeps_its_own_logging_configuration():
     assert before  # the test run's own handlers
     configure_logging()
     assert root.handlers == before
+
+
+def test_consent_serve_writes_access_lines_directly_and_the_same_as_through_logging():
+    """Under `consent serve`'s own logging the access line skips the logging module (its dispatch cost more
+    than the line); the line is the one logging would write. Any other listener keeps the logging path."""
+    import subprocess
+    import sys
+
+    script = """
+import logging, logging.config
+from consent.logs import AccessRecord, direct_access_writer, logging_config
+logging.config.dictConfig(logging_config("json"))
+write = direct_access_writer()
+assert write is not None
+write(b"req-1", "/v1/decisions", "POST", 200, 0.00042, "acme")
+logging.getLogger("consent.access").handle(AccessRecord(b"req-1", "/v1/decisions", "POST", 200, 0.00042, "acme"))
+logging.getLogger().handlers[0].flush()
+logging.getLogger("consent").addHandler(logging.NullHandler())
+assert direct_access_writer() is None, "another handler listens: the lines must reach it"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    direct, logged = (json.loads(line) for line in done.stderr.splitlines()[:2])
+    direct.pop("time"), logged.pop("time")
+    assert direct == logged == {"level": "INFO", "logger": "consent.access", "message": "POST /v1/decisions 200",
+                                "request_id": "req-1", "route": "/v1/decisions", "method": "POST", "status": 200,
+                                "duration_ms": 0.42, "partner": "acme"}
