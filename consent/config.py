@@ -9,9 +9,9 @@ from typing import Annotated, Literal
 
 from msgspec import Struct
 
-from consent.adapters.cipher import decode_master_key
 from consent.adapters.receipt_keys import is_inline, parse_key_set
 from consent.config_fields import Bounds, SettingsError, check, env_variable, fields_of, parse
+from consent.domain.key_encoding import decode_master_key
 from consent.domain.pseudonyms import MIN_KEY_LENGTH
 
 EMBEDDED_DATABASE_URL = "sqlite+aiosqlite:///./consent.db"

@@ -25,7 +25,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-KEY_SIZE = 32  # AES-256
+from consent.domain.key_encoding import KEY_SIZE  # AES-256
+
 NONCE_SIZE = 12  # 96 bits, GCM's native nonce size
 ENVELOPE = "v1"  # the `enc` marker of a sealed value, and the version of its layout
 
@@ -76,18 +77,6 @@ def open_sealed(key: DataKey, envelope: dict[str, Any], associated: bytes) -> by
         return key.aead.decrypt(nonce, ciphertext, associated)
     except (InvalidTag, KeyError, TypeError, ValueError, binascii.Error):
         raise CipherError("the sealed value does not open with this key here") from None
-
-
-def decode_master_key(text: str, name: str) -> bytes:
-    """A master key as configured: base64 (standard or URL-safe, padding optional) of 32 random bytes."""
-    cleaned = text.strip().replace("-", "+").replace("_", "/")
-    try:
-        key = base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{name} is not base64") from None
-    if len(key) != KEY_SIZE:
-        raise ValueError(f"{name} must be base64 of exactly {KEY_SIZE} bytes (e.g. `openssl rand -base64 32`)")
-    return key
 
 
 def new_master_key() -> str:

@@ -9,6 +9,7 @@ import msgspec
 
 from consent.app.ports import RecordedEvent
 from consent.domain.events import PERSONAL_FIELDS, event_data, event_type
+from consent.domain.streams import parse_stream_id
 
 TYPE_PREFIX = "io.consent.v1."
 # Governance reads (`audit.*`) are for GET /v1/audit, not for subscribers: they stay in the log.
@@ -48,7 +49,7 @@ def nats_subject(recorded: RecordedEvent, prefix: str = "consent.v1") -> str:
         partner = getattr(recorded.event, "partner", None)
         return (f"{prefix}.subject.{kind}.{subject_token(purpose) if purpose else '_'}"
                 f".{subject_token(partner) if partner else '_'}")
-    return f"{prefix}.{aggregate}.{kind}.{subject_token(recorded.stream_id.split(':', 1)[1])}"
+    return f"{prefix}.{aggregate}.{kind}.{subject_token(parse_stream_id(recorded.stream_id).id)}"
 
 
 def cloudevent(recorded: RecordedEvent, source: str) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def cloudevent(recorded: RecordedEvent, source: str) -> dict[str, Any]:
         "source": source,
         "type": TYPE_PREFIX + event_type(recorded.event),
         "time": recorded.event.occurred_at,
-        "subject": recorded.stream_id.split(":", 1)[1],
+        "subject": parse_stream_id(recorded.stream_id).id,
         "datacontenttype": "application/json",
         "data": data,
     }

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from consent.adapters.cipher import KEY_SIZE, MasterKeys, decode_master_key, new_master_key
+from consent.adapters.cipher import KEY_SIZE, MasterKeys, new_master_key
 from consent.config import Settings
+from consent.domain.key_encoding import decode_master_key
 
 log = logging.getLogger("consent.keys")
 

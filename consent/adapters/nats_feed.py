@@ -20,8 +20,8 @@ from nats.js.api import DeliverPolicy
 from consent.adapters.cloudevents import TYPE_PREFIX
 from consent.adapters.nats_relay import ensure_stream
 from consent.app.ports import RecordedEvent
-from consent.domain.catalog import CATALOG_STREAMS
 from consent.domain.events import event_from_data
+from consent.domain.streams import CATALOG_STREAMS, CREDENTIAL, SUBJECT, TOKEN, stream_kind, stream_of
 
 log = logging.getLogger("consent.feed")
 
@@ -40,19 +40,20 @@ _decode = msgspec.json.Decoder(_CloudEvent).decode
 
 # Events a replica applies as they come; the catalog's are re-read (NATS leaves out private fields),
 # the audit's concern no replica.
-APPLIED = ("subject", "credential", "token")
+APPLIED = (SUBJECT, CREDENTIAL, TOKEN)
 
 
 def recorded_from_message(payload: bytes) -> RecordedEvent:
     """The event a CloudEvent carries; `event` is None for events that are not APPLIED."""
     cloud = _decode(payload)
     tag = cloud.type.removeprefix(TYPE_PREFIX)
-    aggregate = tag.split(".", 1)[0]
+    aggregate = tag.split(".", 1)[0]  # an event type starts with its stream's kind
     data = dict(cloud.data)
     position, stream_version = data.pop("position"), data.pop("stream_version")
     event = event_from_data(tag, data) if aggregate in APPLIED else None
-    return RecordedEvent(event_id=cloud.id, stream_id=f"{aggregate}:{cloud.subject}", stream_version=stream_version,
-                         position=position, event=event, recorded_at=cloud.time,  # type: ignore[arg-type]
+    return RecordedEvent(event_id=cloud.id, stream_id=stream_of(aggregate, cloud.subject),
+                         stream_version=stream_version, position=position, event=event,
+                         recorded_at=cloud.time,  # type: ignore[arg-type]
                          pseudonym=cloud.subject if cloud.pseudonymous else None)
 
 
@@ -94,7 +95,7 @@ class NatsFeed:
     async def _handle(self, msg) -> None:
         try:
             recorded = recorded_from_message(msg.data)
-            if recorded.stream_id.split(":", 1)[0] in CATALOG_STREAMS:
+            if stream_kind(recorded.stream_id) in CATALOG_STREAMS:
                 # Before the position moves: an answer at this position must see the change.
                 await self._on_catalog_change(recorded.stream_id, recorded.stream_version)
             await self._on_events([recorded])

@@ -21,13 +21,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from consent.adapters.database import Database
 from consent.adapters.sql_store import catalog_row, consent_row, subject_row
 from consent.adapters.tables import consents, events, partners, purposes, scopes, subjects
-from consent.domain.catalog import CATALOG_STREAMS, Catalog
+from consent.domain.catalog import Catalog
 from consent.domain.events import event_from_data, without_personal
-from consent.domain.subject import SUBJECT_PREFIX, SubjectConsents
+from consent.domain.streams import (
+    CATALOG_STREAMS,
+    PARTNER,
+    PURPOSE,
+    SCOPE,
+    SUBJECT,
+    SUBJECT_PREFIX,
+    parse_stream_id,
+)
+from consent.domain.subject import SubjectConsents
 
 READ_MODELS = (subjects, consents, purposes, scopes, partners)
-STREAM_PREFIX = {subjects: SUBJECT_PREFIX, consents: SUBJECT_PREFIX, purposes: "purpose:", scopes: "scope:",
-                 partners: "partner:"}
+STREAM_KIND = {subjects: SUBJECT, consents: SUBJECT, purposes: PURPOSE, scopes: SCOPE, partners: PARTNER}
 FLUSH_ROWS = 5_000
 FETCH_ROWS = 10_000
 
@@ -90,9 +98,10 @@ async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | 
     async for row in rows:
         event = event_from_data(row.type, without_personal(row.data))  # read models hold no personal data
         if row.stream_id.startswith(SUBJECT_PREFIX):
-            if subject is None or subject.subject_id != row.stream_id[8:]:
+            subject_id = row.stream_id[len(SUBJECT_PREFIX):]
+            if subject is None or subject.subject_id != subject_id:
                 await flush_subject()
-                subject, streams = SubjectConsents(row.stream_id[8:]), streams + 1
+                subject, streams = SubjectConsents(subject_id), streams + 1
             subject.apply(event)
             subject.position = row.position
         else:
@@ -104,7 +113,7 @@ async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | 
             progress(FETCH_ROWS)
     await flush_subject()
     for stream_id, version in catalog_versions.items():
-        kind, ident = stream_id.split(":", 1)
+        kind, ident = parse_stream_id(stream_id)
         if kind not in CATALOG_STREAMS:
             continue  # access and audit streams: no read model here
         table, row = catalog_row(getattr(catalog, f"{kind}s")[ident], version)
@@ -159,8 +168,9 @@ async def rebuild_projections(database: Database, progress: Progress | None = No
             newer = events.c.position > head
         late = list((await conn.execute(sa.select(events.c.stream_id).where(newer).distinct())).scalars())
         if late:
-            for table, prefix in STREAM_PREFIX.items():
-                ids = [s.split(":", 1)[1] for s in late if s.startswith(prefix)] or [""]
+            late_ids = [parse_stream_id(stream) for stream in late]
+            for table, kind in STREAM_KIND.items():
+                ids = [ident for late_kind, ident in late_ids if late_kind == kind] or [""]
                 key = "subject_id" if table in (subjects, consents) else "id"
                 await conn.execute(sa.text(f"DELETE FROM {_shadow(table)} WHERE {key} IN :ids")
                                    .bindparams(sa.bindparam("ids", expanding=True)), {"ids": ids})

@@ -12,6 +12,7 @@ from consent.adapters.tables import partner_credentials, revoked_tokens
 from consent.app.partner_access import StoredCredential
 from consent.app.ports import RecordedEvent
 from consent.domain.events import CredentialIssued, CredentialRevoked, TokenRevoked
+from consent.domain.streams import CREDENTIAL, TOKEN, stream_of
 
 _ACTIVE = partner_credentials.c.revoked_at.is_(None)
 
@@ -22,7 +23,7 @@ class SqlCredentialStore:
 
     async def add(self, credential: StoredCredential, event: CredentialIssued, actor: str) -> list[RecordedEvent]:
         async with SqlUnitOfWork(self._database) as uow:
-            recorded = await uow.append(f"credential:{credential.client_id}", 0, [event], actor)
+            recorded = await uow.append(stream_of(CREDENTIAL, credential.client_id), 0, [event], actor)
             await uow.conn.execute(sa.insert(partner_credentials).values(
                 client_id=credential.client_id, partner_id=credential.partner_id,
                 secret_hash=credential.secret_hash, created_at=event.occurred_at,
@@ -55,7 +56,7 @@ class SqlCredentialStore:
             ended = await uow.conn.execute(sa.update(partner_credentials).where(active).values(**values))
             if ended.rowcount == 0:
                 return []
-            stream_id = f"credential:{event.client_id}"
+            stream_id = stream_of(CREDENTIAL, event.client_id)
             recorded = await uow.append(stream_id, await uow.stream_version(stream_id), [event], actor)
             await uow.commit()
         return recorded
@@ -77,7 +78,7 @@ class SqlCredentialStore:
             inserted = await uow.conn.execute(upsert.on_conflict_do_nothing(index_elements=["token_id"]))
             if inserted.rowcount == 0:
                 return []
-            recorded = await uow.append(f"token:{event.token_id}", 0, [event], actor)
+            recorded = await uow.append(stream_of(TOKEN, event.token_id), 0, [event], actor)
             # Tokens past their expiry are refused anyway: no need to remember their revocation.
             await uow.conn.execute(sa.delete(revoked_tokens).where(revoked_tokens.c.expires_at < event.occurred_at))
             await uow.commit()

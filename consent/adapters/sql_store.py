@@ -49,7 +49,8 @@ from consent.domain.events import (
     without_personal,
 )
 from consent.domain.hash_chain import GENESIS, event_hash
-from consent.domain.subject import SUBJECT_PREFIX, ConsentRecord, SubjectConsents, subject_stream
+from consent.domain.streams import PARTNER, PURPOSE, SCOPE, SUBJECT_PREFIX, stream_of, subject_stream
+from consent.domain.subject import ConsentRecord, SubjectConsents
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -108,13 +109,13 @@ async def load_catalog(conn: AsyncConnection) -> tuple[Catalog, dict[str, int]]:
     versions: dict[str, int] = {}
     for row in (await conn.execute(sa.select(purposes))).mappings():
         catalog.purposes[row["id"]] = _purpose(row)
-        versions[f"purpose:{row['id']}"] = row["stream_version"]
+        versions[stream_of(PURPOSE, row["id"])] = row["stream_version"]
     for row in (await conn.execute(sa.select(scopes))).mappings():
         catalog.scopes[row["id"]] = _scope(row)
-        versions[f"scope:{row['id']}"] = row["stream_version"]
+        versions[stream_of(SCOPE, row["id"])] = row["stream_version"]
     for row in (await conn.execute(sa.select(partners))).mappings():
         catalog.partners[row["id"]] = _partner(row)
-        versions[f"partner:{row['id']}"] = row["stream_version"]
+        versions[stream_of(PARTNER, row["id"])] = row["stream_version"]
     return catalog, versions
 
 

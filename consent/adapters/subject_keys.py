@@ -14,7 +14,6 @@ out first) only to spare unwrapping; a cached key whose row was deleted is never
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -33,9 +32,10 @@ from consent.adapters.cipher import (
     seal,
 )
 from consent.adapters.tables import subject_keys
+from consent.app.lru import BoundedLRU
 from consent.domain.errors import DomainError
 from consent.domain.events import ERASED, PERSONAL_FIELDS, Event, SubjectErased
-from consent.domain.subject import SUBJECT_PREFIX
+from consent.domain.streams import SUBJECT_PREFIX, parse_stream_id
 
 CACHE_SIZE = 10_000
 
@@ -72,8 +72,7 @@ class SubjectKeys:
 
     def __init__(self, master: MasterKeys | None, capacity: int = CACHE_SIZE) -> None:
         self.master = master
-        self._capacity = capacity
-        self._cache: OrderedDict[str, DataKey] = OrderedDict()
+        self._cache: BoundedLRU[str, DataKey] = BoundedLRU(capacity)
 
     def for_write(self, subject_id: str, stored: KeyRow | None) -> tuple[DataKey, dict[str, Any] | None]:
         """The key to seal with, and the `subject_keys` row to insert with the events when there was none."""
@@ -90,7 +89,7 @@ class SubjectKeys:
     def unwrapped(self, subject_id: str, stored: KeyRow) -> DataKey:
         cached = self._cache.get(subject_id)
         if cached is not None and cached.key_id == stored.key_id:
-            self._cache.move_to_end(subject_id)
+            self._cache.touch(subject_id)
             return cached
         if self.master is None:
             raise MasterKeyUnavailable(stored.master_key_id)
@@ -105,10 +104,7 @@ class SubjectKeys:
         self._cache.pop(subject_id, None)
 
     def _remember(self, subject_id: str, key: DataKey) -> None:
-        self._cache[subject_id] = key
-        self._cache.move_to_end(subject_id)
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+        self._cache.put(subject_id, key)
 
 
 # Writing
@@ -141,7 +137,7 @@ def _context(stream_id: str, event_id: uuid.UUID | str, field: str) -> bytes:
 
 def sealed_subjects(rows: Iterable[Any]) -> set[str]:
     """The subjects whose keys are needed to read these event rows."""
-    return {row.stream_id.removeprefix(SUBJECT_PREFIX) for row in rows
+    return {parse_stream_id(row.stream_id).id for row in rows
             if row.stream_id.startswith(SUBJECT_PREFIX) and any(is_sealed(row.data.get(f)) for f in PERSONAL_FIELDS)}
 
 
@@ -164,7 +160,7 @@ def opened(keys: SubjectKeys, stored: dict[str, KeyRow], row: Any) -> dict[str, 
     data = row.data
     if not any(is_sealed(data.get(field)) for field in PERSONAL_FIELDS):
         return data
-    subject_id = row.stream_id.removeprefix(SUBJECT_PREFIX)
+    subject_id = parse_stream_id(row.stream_id).id
     key_row = stored.get(subject_id)
     data = dict(data)
     for field in PERSONAL_FIELDS:
@@ -192,4 +188,4 @@ def forget_erased(keys: SubjectKeys, events: Iterable[Any]) -> None:
     """Another replica erased a subject: drop the unwrapped key from memory too (its row is gone already)."""
     for item in events:
         if item.stream_id.startswith(SUBJECT_PREFIX) and isinstance(item.event, SubjectErased):
-            keys.forget(item.stream_id.removeprefix(SUBJECT_PREFIX))
+            keys.forget(parse_stream_id(item.stream_id).id)

@@ -13,14 +13,15 @@ subject written elsewhere seldom costs a failed attempt. Bounded: least recently
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from consent.adapters.subject_keys import KeyRow
+from consent.app.lru import BoundedLRU
 from consent.app.packed_state import pack, unpack
 from consent.app.ports import RecordedEvent
-from consent.domain.subject import SUBJECT_PREFIX, SubjectConsents
+from consent.domain.streams import SUBJECT_PREFIX
+from consent.domain.subject import SubjectConsents
 
 
 class WriteHead(NamedTuple):
@@ -34,8 +35,7 @@ class WriteHead(NamedTuple):
 
 class SubjectWriteCache:
     def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._heads: OrderedDict[str, WriteHead] = OrderedDict()
+        self._heads: BoundedLRU[str, WriteHead] = BoundedLRU(capacity)
 
     def __len__(self) -> int:
         return len(self._heads)
@@ -48,12 +48,9 @@ class SubjectWriteCache:
 
     def put(self, state: SubjectConsents, head_hash: bytes, key_row: KeyRow | None) -> None:
         held = self._heads.get(state.subject_id)
-        if self._capacity <= 0 or (held is not None and held.version >= state.version):
+        if self._heads.capacity <= 0 or (held is not None and held.version >= state.version):
             return  # a write committed since (commits and their reports may interleave)
-        self._heads[state.subject_id] = WriteHead(state.version, pack(state), head_hash, key_row)
-        self._heads.move_to_end(state.subject_id)
-        while len(self._heads) > self._capacity:
-            self._heads.popitem(last=False)
+        self._heads.put(state.subject_id, WriteHead(state.version, pack(state), head_hash, key_row))
 
     def forget(self, subject_id: str) -> None:
         self._heads.pop(subject_id, None)

@@ -15,10 +15,11 @@ from consent.app.views import PartnerView, PurposeView, ScopeView, partner_view,
 from consent.domain import catalog as cat
 from consent.domain.errors import DomainError, NotFound
 from consent.domain.ids import check_scope, check_slug
+from consent.domain.streams import SCOPE, stream_of
 
 # The log names a scope's stream `scope:<id>` in a 200-character column, shorter than the 255
 # check_scope allows: a longer id would fail in PostgreSQL (503) instead of being refused.
-MAX_SCOPE_ID = 200 - len("scope:")
+MAX_SCOPE_ID = 200 - len(stream_of(SCOPE, ""))
 
 
 # Partners need the catalog:read scope; other callers authenticate as usual.

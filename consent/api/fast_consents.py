@@ -1,4 +1,4 @@
-"""POST /v1/subjects/{subject_id}/consents as a thin ASGI layer in front of the Litestar handler.
+"""POST /v1/subjects/{subject_id}/consents answered before Litestar's router (hot_routes.py).
 
 The consent write is the hot path of writes, and Litestar's machinery on it (signature modelling,
 dependency injection, response building) cost a quarter to a half of a write's server CPU in the
@@ -19,7 +19,7 @@ from consent.api.auth import Authenticator, require_subject_access
 from consent.api.errors import problem
 from consent.api.schemas import ConsentRequest
 from consent.api.subjects import HEADER_LIMITS, change_consents
-from consent.api.thin_asgi import ASGIApp, read_body, respond
+from consent.api.thin_asgi import HotRoute, read_body, respond
 from consent.app.services import ConsentService
 
 _decode_request = msgspec.json.Decoder(ConsentRequest).decode
@@ -27,22 +27,15 @@ _encode = msgspec.json.Encoder().encode
 _HEADERS = {name.lower().encode(): name for name in ("Authorization", *HEADER_LIMITS)}
 
 
-def fast_consents(authenticator: Callable[[], Authenticator], service: Callable[[], ConsentService],
-                  max_body: int) -> Callable[[ASGIApp], ASGIApp]:
+def consent_route(authenticator: Callable[[], Authenticator], service: Callable[[], ConsentService],
+                  max_body: int) -> HotRoute:
     """`max_body`: the same limit as the app's request_max_body_size (CONSENT_MAX_BODY_BYTES)."""
-    def middleware(app: ASGIApp) -> ASGIApp:
-        async def handle(scope: dict, receive, send) -> None:
-            # Route middleware: Litestar has matched the route, so the path parameter is parsed already.
-            subject_id = scope.get("path_params", {}).get("subject_id")
-            if (scope["type"] != "http" or scope["method"] != "POST" or subject_id is None
-                    or not scope["path"].endswith("/consents")):
-                await app(scope, receive, send)
-                return
-            await respond(send, lambda: _change(scope, receive, subject_id, authenticator(), service(), max_body))
+    async def answer(scope: dict, receive, send, request_id: bytes) -> int:
+        subject_id = scope["path_params"]["subject_id"]  # hot_routes.py parsed it
+        return await respond(send, lambda: _change(scope, receive, subject_id, authenticator(), service(), max_body),
+                             request_id)
 
-        return handle
-
-    return middleware
+    return answer
 
 
 async def _change(scope: dict, receive, subject_id: str, authenticator: Authenticator, service: ConsentService,

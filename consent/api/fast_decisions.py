@@ -1,10 +1,10 @@
-"""POST /v1/decisions as a thin ASGI layer in front of the Litestar handler.
+"""POST /v1/decisions answered before Litestar's router (hot_routes.py).
 
 The decision route is the hot path, and framework machinery on it (signature
 modelling, dependency injection, response building) costs a large share of its
-throughput (see docs/performance.md). This layer answers the route with the same
+throughput (see docs/performance.md). This route answers with the same
 Structs, authenticator and service as the Litestar handler in decisions.py, which
-stays registered for the OpenAPI document and is what runs when this layer is
+stays registered for the OpenAPI document and is what runs when this route is
 turned off (`CONSENT_FAST_DECISIONS=0`). The tests run the decision suite both ways.
 """
 
@@ -17,26 +17,21 @@ import msgspec
 from consent.api.auth import Authenticator, require_partner_or_admin
 from consent.api.decisions import DecisionRequest, asking_partner, by_pseudonym
 from consent.api.errors import problem
-from consent.api.thin_asgi import ASGIApp, read_body, respond
+from consent.api.thin_asgi import HotRoute, read_body, respond
 from consent.app.decisions import DecisionService, Question
 
 _decode_request = msgspec.json.Decoder(DecisionRequest).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def fast_decisions(authenticator: Callable[[], Authenticator],
-                   decisions: Callable[[], DecisionService], max_body: int) -> Callable[[ASGIApp], ASGIApp]:
+def decision_route(authenticator: Callable[[], Authenticator], decisions: Callable[[], DecisionService],
+                   max_body: int) -> HotRoute:
     """`max_body`: the same limit as the app's request_max_body_size (CONSENT_MAX_BODY_BYTES)."""
-    def middleware(app: ASGIApp) -> ASGIApp:
-        async def handle(scope: dict, receive, send) -> None:
-            if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/decisions":
-                await app(scope, receive, send)
-                return
-            await respond(send, lambda: _decide(scope, receive, authenticator(), decisions(), max_body))
+    async def answer(scope: dict, receive, send, request_id: bytes) -> int:
+        return await respond(send, lambda: _decide(scope, receive, authenticator(), decisions(), max_body),
+                             request_id)
 
-        return handle
-
-    return middleware
+    return answer
 
 
 async def _decide(scope: dict, receive, authenticator: Authenticator, decisions: DecisionService,

@@ -1,9 +1,9 @@
 """The outermost ASGI layer: a request id on every answer, HTTP metrics by route template, the access line.
 
-It wraps Litestar's whole handler (consent/api/app.py), so it sees every request: the thin routes
-(fast_decisions.py, fast_consents.py, which Litestar's router reaches first, like any route), Litestar's
-routes, paths that match no route, errors. After the request it reads the route's template from the scope
-(Litestar's router puts it there), never the raw path, which would carry subject ids.
+It wraps Litestar's whole handler (consent/api/app.py), so it sees every request: the two hot routes, which
+it answers itself (hot_routes.py), Litestar's routes, paths that match no route, errors. After the request
+it reads the route's template (from the hot route, or from the scope, where Litestar's router puts it), never
+the raw path, which would carry subject ids.
 
 The request id is the caller's `X-Request-Id` when it is well formed (1 to 64 of A-Z a-z 0-9 . _ -),
 else one made here: a random prefix per process and a counter (no random bytes a request).
@@ -21,6 +21,7 @@ import re
 import secrets
 from time import perf_counter
 
+from consent.api.hot_routes import HotRoutes
 from consent.api.thin_asgi import ASGIApp
 from consent.app.telemetry import (
     METHODS,
@@ -44,7 +45,8 @@ def request_ids():
     return (b"%s-%x" % (prefix, n) for n in itertools.count(1))
 
 
-def observed(app: ASGIApp, telemetry: Telemetry, access_log: bool = True) -> ASGIApp:
+def observed(app: ASGIApp, telemetry: Telemetry, access_log: bool = True,
+             hot_routes: HotRoutes | None = None) -> ASGIApp:
     new_request_id = request_ids().__next__
     # Chosen at the first request, once whoever hosts the app has set up logging (consent/logs.py).
     write_access: AccessWriter | None = None
@@ -57,11 +59,13 @@ def observed(app: ASGIApp, telemetry: Telemetry, access_log: bool = True) -> ASG
             return
         started = perf_counter()
         request_id = None
+        browser = False
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER:
                 if _WELL_FORMED(value):
                     request_id = value
-                break
+            elif name == b"origin":
+                browser = True
         if request_id is None:
             request_id = new_request_id()
         facts = RequestFacts(request_id)
@@ -76,13 +80,18 @@ def observed(app: ASGIApp, telemetry: Telemetry, access_log: bool = True) -> ASG
             await send(message)
 
         token = begin_request(facts)
+        hot = None if hot_routes is None or (browser and hot_routes.cors) else hot_routes.route(scope)
         try:
-            await app(scope, receive, send_with_request_id)
+            if hot is not None:
+                status = await hot[1](scope, receive, send, request_id)  # it sends the request id itself
+            else:
+                await app(scope, receive, send_with_request_id)
         finally:
             end_request(token)
             seconds = perf_counter() - started
-            # Litestar's template, e.g. /v1/subjects/{subject_id}/consents; none when no route matched.
-            route = scope.get("path_template") or UNMATCHED
+            # The template, e.g. /v1/subjects/{subject_id}/consents (Litestar's, when it routed); none when no
+            # route matched.
+            route = hot[0] if hot is not None else scope.get("path_template") or UNMATCHED
             method = scope["method"]
             if method not in METHODS:
                 method = OTHER_METHOD

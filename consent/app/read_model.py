@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
 import msgspec
 
+from consent.app.lru import BoundedLRU
 from consent.app.packed_state import pack, packed_version, unpack, unpack_for_reading
 from consent.app.ports import RecordedEvent
 from consent.domain.events import SubjectErased
-from consent.domain.subject import SUBJECT_PREFIX, SubjectConsents
+from consent.domain.streams import SUBJECT_PREFIX, UNRESOLVED, stream_of, subject_stream
+from consent.domain.subject import SubjectConsents
 
 RECENT_LIMIT = 65_536
 
@@ -42,15 +43,14 @@ class SubjectCache:
     def __init__(self, reader: SubjectReader, capacity: int = 100_000,
                  pseudonyms: PseudonymReader | None = None) -> None:
         self._reader = reader
-        self._capacity = capacity
         self._pseudonym_reader = pseudonyms
         # (pairwise partner, pseudonym) -> subject id: a mapping never changes, so it is never dropped
         # for staleness, only for space (least recently used out first).
-        self._subject_of: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._states: OrderedDict[str, bytes] = OrderedDict()  # subject id -> packed state
+        self._subject_of: BoundedLRU[tuple[str, str], str] = BoundedLRU(capacity)
+        self._states: BoundedLRU[str, bytes] = BoundedLRU(capacity)  # subject id -> packed state
         # The latest stream version the feed has shown for recently written subjects, so that
         # a state read from the database while a newer event was applied is not cached.
-        self._recent_versions: OrderedDict[str, int] = OrderedDict()
+        self._recent_versions: BoundedLRU[str, int] = BoundedLRU(RECENT_LIMIT)
         self.position = 0
         self._advanced = asyncio.Event()
         self._pending: dict[str, asyncio.Future[SubjectConsents]] = {}  # misses waiting for the next read
@@ -87,7 +87,7 @@ class SubjectCache:
             if packed is None:
                 missing.append(subject_id)
             else:
-                self._states.move_to_end(subject_id)
+                self._states.touch(subject_id)
                 found[subject_id] = unpack_for_reading(subject_id, packed)
         if missing:
             loaded = await self._load(missing)
@@ -134,10 +134,7 @@ class SubjectCache:
 
     def remember_pseudonym(self, partner_id: str, pseudonym: str, subject_id: str) -> None:
         """Record a mapping known to be in the database (issued, or read from it)."""
-        self._subject_of[(partner_id, pseudonym)] = subject_id
-        self._subject_of.move_to_end((partner_id, pseudonym))
-        while len(self._subject_of) > self._capacity:
-            self._subject_of.popitem(last=False)
+        self._subject_of.put((partner_id, pseudonym), subject_id)
 
     def subject_of(self, partner_id: str, pseudonym: str) -> str | None:
         return self._subject_of.get((partner_id, pseudonym))
@@ -158,7 +155,7 @@ class SubjectCache:
             if subject_id is None:
                 unknown.append(pseudonym)
             else:
-                self._subject_of.move_to_end((partner_id, pseudonym))
+                self._subject_of.touch((partner_id, pseudonym))
                 known[pseudonym] = subject_id
         if unknown:
             if self._pseudonym_reader is None:
@@ -205,8 +202,8 @@ class SubjectCache:
             # Cannot happen (the mapping commits with the event); if it did, whichever subject
             # changed must not be answered from a stale state: forget them all.
             self._states.clear()
-            return msgspec.structs.replace(item, stream_id="unresolved:", pseudonym=None)
-        return msgspec.structs.replace(item, stream_id=SUBJECT_PREFIX + subject_id, pseudonym=None)
+            return msgspec.structs.replace(item, stream_id=stream_of(UNRESOLVED, ""), pseudonym=None)
+        return msgspec.structs.replace(item, stream_id=subject_stream(subject_id), pseudonym=None)
 
     def _forget_pseudonyms_of(self, subject_id: str) -> None:
         """Erasure deletes the subject's pseudonym mappings in the database: so here (rare, so a scan)."""
@@ -235,10 +232,7 @@ class SubjectCache:
             subject_id = item.stream_id[len(SUBJECT_PREFIX):]
             if isinstance(item.event, SubjectErased):
                 self._forget_pseudonyms_of(subject_id)
-            self._recent_versions[subject_id] = item.stream_version
-            self._recent_versions.move_to_end(subject_id)
-            if len(self._recent_versions) > RECENT_LIMIT:
-                self._recent_versions.popitem(last=False)
+            self._recent_versions.put(subject_id, item.stream_version)
             packed = self._states.get(subject_id)
             if packed is None:
                 continue
@@ -254,7 +248,4 @@ class SubjectCache:
                 del self._states[subject_id]
 
     def _put(self, state: SubjectConsents) -> None:
-        self._states[state.subject_id] = pack(state)
-        self._states.move_to_end(state.subject_id)
-        while len(self._states) > self._capacity:
-            self._states.popitem(last=False)
+        self._states.put(state.subject_id, pack(state))

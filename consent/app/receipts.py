@@ -26,7 +26,7 @@ from consent.app.views import ReceiptView
 from consent.domain.catalog import Catalog
 from consent.domain.events import GlobalOptOutRecorded, SubjectChange, event_type
 from consent.domain.ids import covers
-from consent.domain.subject import SUBJECT_PREFIX
+from consent.domain.streams import SUBJECT_PREFIX, parse_stream_id
 
 RECEIPT_VERSION = "KI-CR-v1.1.0"
 
@@ -60,7 +60,7 @@ def receipt_claims(recorded: RecordedEvent, catalog: Catalog, settings: ReceiptS
         claims["jurisdiction"] = settings.jurisdiction
     claims.update(
         iat=int(event.occurred_at.timestamp()), collectionMethod=event.source,  # type: ignore[attr-defined]
-        jti=str(recorded.event_id), iss=settings.issuer, sub=recorded.stream_id.split(":", 1)[1],
+        jti=str(recorded.event_id), iss=settings.issuer, sub=parse_stream_id(recorded.stream_id).id,
         piiControllers=[controller], services=[], sensitive=False, spiCat=[],
     )
     if isinstance(event, SubjectChange):

@@ -21,7 +21,7 @@ from consent.app.views import (
     subject_view,
 )
 from consent.domain import catalog as cat
-from consent.domain.catalog import CATALOG_STREAMS, Catalog, Partner, Purpose, Scope
+from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import Conflict, NotFound, VersionConflict
 from consent.domain.events import (
     Event,
@@ -33,12 +33,22 @@ from consent.domain.events import (
     event_type,
 )
 from consent.domain.pseudonyms import key_missing, pseudonyms_for_events
+from consent.domain.streams import (
+    AUDIT,
+    CATALOG_STREAMS,
+    PARTNER,
+    PURPOSE,
+    SCOPE,
+    parse_stream_id,
+    stream_kind,
+    stream_of,
+    subject_stream,
+)
 from consent.domain.subject import (
     Change,
     SubjectConsents,
     change_consents,
     expire_due,
-    subject_stream,
     withdraw_for_terminated_partner,
 )
 
@@ -131,8 +141,8 @@ class ConsentService:
         for item in recorded:
             kind = event_type(item.event)
             self.appended[kind] = self.appended.get(kind, 0) + 1
-            if item.stream_id.split(":", 1)[0] in CATALOG_STREAMS and self._is_newer(item.stream_id,
-                                                                                     item.stream_version):
+            if stream_kind(item.stream_id) in CATALOG_STREAMS and self._is_newer(item.stream_id,
+                                                                                 item.stream_version):
                 self.catalog.apply(item.event)
         await self._bus.publish(recorded)
 
@@ -148,16 +158,16 @@ class ConsentService:
             catalog, versions = await uow.load_catalog()
         for stream_id, version in versions.items():
             if self._is_newer(stream_id, version):
-                kind, ident = stream_id.split(":", 1)
+                kind, ident = parse_stream_id(stream_id)
                 _put(self.catalog, getattr(catalog, f"{kind}s")[ident])
 
     async def refresh_catalog_entity(self, stream_id: str, stream_version: int) -> None:
         """Another process changed a catalog entity: read it as the database has it now."""
         if stream_version <= self._catalog_versions.get(stream_id, 0):
             return
-        kind, ident = stream_id.split(":", 1)
+        kind, ident = parse_stream_id(stream_id)
         async with self._unit_of_work() as uow:
-            load = {"purpose": uow.load_purpose, "scope": uow.load_scope, "partner": uow.load_partner}[kind]
+            load = {PURPOSE: uow.load_purpose, SCOPE: uow.load_scope, PARTNER: uow.load_partner}[kind]
             entity, version = await load(ident)
         if entity is not None and self._is_newer(stream_id, version):
             _put(self.catalog, entity)
@@ -167,19 +177,19 @@ class ConsentService:
     async def put_purpose(self, purpose_id: str, spec: cat.PurposeSpec, material_change: bool,
                           actor: str) -> Written:
         return await self._write_catalog(
-            f"purpose:{purpose_id}", lambda uow: uow.load_purpose(purpose_id),
+            stream_of(PURPOSE, purpose_id), lambda uow: uow.load_purpose(purpose_id),
             lambda current: cat.define_purpose(current, purpose_id, spec, material_change, self._clock.now()),
             lambda catalog: catalog.purposes[purpose_id], actor)
 
     async def retire_purpose(self, purpose_id: str, actor: str) -> Written:
         return await self._write_catalog(
-            f"purpose:{purpose_id}", lambda uow: uow.load_purpose(purpose_id),
+            stream_of(PURPOSE, purpose_id), lambda uow: uow.load_purpose(purpose_id),
             lambda current: cat.retire_purpose(_existing(current, "purpose", purpose_id), self._clock.now()),
             lambda catalog: catalog.purposes[purpose_id], actor)
 
     async def put_scope(self, scope_id: str, spec: cat.ScopeSpec, actor: str) -> Written:
         return await self._write_catalog(
-            f"scope:{scope_id}", lambda uow: uow.load_scope(scope_id),
+            stream_of(SCOPE, scope_id), lambda uow: uow.load_scope(scope_id),
             lambda current: cat.define_scope(current, scope_id, spec, self._clock.now()),
             lambda catalog: catalog.scopes[scope_id], actor)
 
@@ -187,7 +197,7 @@ class ConsentService:
         if spec.identifiers == "pairwise" and self._pseudonym_key is None:
             raise key_missing()
         return await self._write_catalog(
-            f"partner:{partner_id}", lambda uow: uow.load_partner(partner_id),
+            stream_of(PARTNER, partner_id), lambda uow: uow.load_partner(partner_id),
             lambda current: cat.register_partner(current, partner_id, spec, self.catalog, self._clock.now()),
             lambda catalog: catalog.partners[partner_id], actor)
 
@@ -195,7 +205,7 @@ class ConsentService:
         decide = {"suspend": cat.suspend_partner, "reinstate": cat.reinstate_partner,
                   "terminate": cat.terminate_partner}[command]
         return await self._write_catalog(
-            f"partner:{partner_id}", lambda uow: uow.load_partner(partner_id),
+            stream_of(PARTNER, partner_id), lambda uow: uow.load_partner(partner_id),
             lambda current: decide(_existing(current, "partner", partner_id), self._clock.now()),
             lambda catalog: catalog.partners[partner_id], actor)
 
@@ -346,12 +356,12 @@ class ConsentService:
 
     async def record_history_read(self, subject_id: str, actor: str) -> None:
         """An administrator read a subject's history: governance wants to know who did, and when."""
-        stream_id = f"audit:{actor.split(':', 1)[1]}"
+        audit_stream = stream_of(AUDIT, actor.partition(":")[2])  # the actor is `admin:<key id>`
 
         async def attempt() -> None:
             async with self._unit_of_work() as uow:
                 event = SubjectHistoryRead(occurred_at=self._clock.now(), subject_id=subject_id)
-                recorded = await uow.append(stream_id, await uow.stream_version(stream_id), [event], actor)
+                recorded = await uow.append(audit_stream, await uow.stream_version(audit_stream), [event], actor)
                 await uow.commit()
                 await self._after_commit(recorded)
 

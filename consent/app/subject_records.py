@@ -12,7 +12,7 @@ from consent.app.views import ReceiptView, SubjectExportView, history_event, sub
 from consent.domain.catalog import Catalog
 from consent.domain.errors import NotFound
 from consent.domain.events import SubjectChange
-from consent.domain.subject import subject_stream
+from consent.domain.streams import PURPOSE, SCOPE, stream_of, subject_stream
 
 PAGE = 1000
 
@@ -47,12 +47,12 @@ class CatalogAsSeen:
         if current is not None and current.version == event.purpose_version:
             seen.purposes[event.purpose] = current  # what receipts read of a purpose is fixed per version
         else:
-            for item in await self._stream(f"purpose:{event.purpose}"):
+            for item in await self._stream(stream_of(PURPOSE, event.purpose)):
                 seen.apply(item.event)
                 if getattr(item.event, "version", None) == event.purpose_version:
                     break
         for scope_id in scopes_that_matter(self._current, event.scopes):
-            for item in await self._stream(f"scope:{scope_id}"):
+            for item in await self._stream(stream_of(SCOPE, scope_id)):
                 if item.position > recorded.position:
                     break
                 seen.apply(item.event)

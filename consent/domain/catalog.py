@@ -33,8 +33,6 @@ from consent.domain.events import (
 from consent.domain.ids import check_scope, check_slug, covers
 
 CONSENT_BASED = ("consent", "legitimate_interest")
-# The catalog's streams are `<kind>:<id>` for these kinds; other streams are subjects', access and audit.
-CATALOG_STREAMS = ("purpose", "scope", "partner")
 
 
 class Purpose(Struct, frozen=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from consent.domain.streams import stream_kind
+
 
 class DomainError(Exception):
     """A command was refused. `code` is stable and part of the public contract."""
@@ -37,7 +39,7 @@ class VersionConflict(Conflict):
     def __init__(self, stream_id: str, expected: int) -> None:
         super().__init__(
             "version_conflict",
-            f"{stream_id.split(':', 1)[0]} changed concurrently (expected version {expected})",
+            f"{stream_kind(stream_id)} changed concurrently (expected version {expected})",
         )
 
 

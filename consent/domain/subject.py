@@ -36,14 +36,6 @@ _STATUS_OF: dict[type, Status] = {
 }
 
 
-# A subject's events form the stream `subject:<subject id>`.
-SUBJECT_PREFIX = "subject:"
-
-
-def subject_stream(subject_id: str) -> str:
-    return SUBJECT_PREFIX + subject_id
-
-
 class ConsentRecord(Struct, frozen=True):
     purpose: str
     partner: str | None

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from consent.adapters.cipher import MasterKeys, decode_master_key
+from consent.adapters.cipher import MasterKeys
 from consent.adapters.database import Database
 from consent.adapters.key_rotation import rewrap_all
 from consent.adapters.log_verify import verify_log
@@ -26,6 +26,7 @@ from consent.api.app import create_app
 from consent.config import Settings
 from consent.domain.errors import VersionConflict
 from consent.domain.events import ConsentGranted, Evidence
+from consent.domain.key_encoding import decode_master_key
 from tests.conftest import (
     ADMIN,
     ADMIN_KEY,

@@ -15,7 +15,6 @@ from consent.adapters.cipher import (
     CipherError,
     MasterKeys,
     UnknownMasterKey,
-    decode_master_key,
     is_sealed,
     new_data_key,
     open_sealed,
@@ -33,6 +32,7 @@ from consent.adapters.subject_keys import (
 from consent.config import Settings
 from consent.domain.errors import DomainError
 from consent.domain.events import ERASED, ConsentGranted, Evidence, event_data
+from consent.domain.key_encoding import decode_master_key
 from tests.unit.test_subject import NOW
 
 CANARY = {"collection_point": "signup", "ip_address": "203.0.113.9", "user_note": "canary@example.com"}
