@@ -146,6 +146,18 @@ class Settings(Struct, frozen=True):
                 "with `consent keys init` (e.g. `consent keys init --write .env`), or set "
                 "CONSENT_ALLOW_EPHEMERAL_KEYS=1 to try the service with keys of this process only")
 
+    def __repr__(self) -> str:
+        """Secrets masked: settings end up in tracebacks and test reports."""
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS and value:
+                value = "***"
+            elif name == "database_url":
+                value = _PASSWORD_IN_URL.sub(r"\1***@", value)
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     @property
     def embedded(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -162,3 +174,5 @@ class Settings(Struct, frozen=True):
 _FIELDS = fields_of(Settings)
 # Keys every replica on one PostgreSQL database must share (`consent keys init` makes a set).
 SHARED_KEYS = ("master_key", "token_signing_key", "receipt_keys", "pseudonym_key")
+SECRET_FIELDS = frozenset((*SHARED_KEYS, "admin_keys", "user_token_secret", "master_keys_old"))
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")

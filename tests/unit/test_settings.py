@@ -142,3 +142,22 @@ def test_postgresql_needs_the_shared_keys_unless_ephemeral_keys_are_allowed():
     keyed.require_shared_keys()
     with pytest.raises(SettingsError, match="CONSENT_RECEIPT_KEYS not set"):
         msgspec.structs.replace(keyed, receipt_keys=None).require_shared_keys()
+
+
+def test_the_settings_repr_masks_every_secret_and_the_database_password():
+    """Settings end up in tracebacks and test reports."""
+    from consent.config import SECRET_FIELDS
+
+    secrets = {"admin_keys": ("admin-key-canary",), "user_token_secret": "user-secret-canary-0123456789",
+               "token_signing_key": "signing-canary", "pseudonym_key": "pseudonym-canary-" + "x" * 32,
+               "master_key": MASTER_KEY_FOR_REPR, "master_keys_old": (MASTER_KEY_FOR_REPR,)}
+    shown = repr(Settings(database_url="postgresql+asyncpg://consent:db-password-canary@db:5432/consent",
+                          allow_ephemeral_keys=True, **secrets))
+    assert set(secrets) <= SECRET_FIELDS
+    for leaked in ("admin-key-canary", "user-secret-canary", "signing-canary", "pseudonym-canary",
+                   MASTER_KEY_FOR_REPR, "db-password-canary"):
+        assert leaked not in shown
+    assert "master_key='***'" in shown and "consent:***@db:5432" in shown and "token_ttl=900" in shown
+
+
+MASTER_KEY_FOR_REPR = "dGVzdCBtYXN0ZXIga2V5OiAzMiBieXRlcyBsb25nISE="
