@@ -1,5 +1,6 @@
 """Settings from the environment: each field of `Settings` is read from CONSENT_<FIELD NAME> and checked
-against its declared form and bounds (consent/config_fields.py); README, Configuration, describes them."""
+against its declared form and bounds (consent/config_fields.py); docs/operations.md, Configuration, describes
+them."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ class Settings(Struct, frozen=True):
     subject_cache_size: Count = 100_000
     # Subjects whose last write here is remembered, so that their next write skips its read (~1 KB each).
     write_cache_size: Count = 10_000
-    # POST /v1/decisions answered by a thin ASGI layer (consent/api/fast_decisions.py).
+    # POST /v1/decisions answered before Litestar's router (consent/api/hot_routes.py, fast_decisions.py).
     fast_decisions: bool = True
-    # POST /v1/subjects/{id}/consents answered by a thin ASGI layer (consent/api/fast_consents.py).
+    # POST /v1/subjects/{id}/consents answered before Litestar's router (hot_routes.py, fast_consents.py).
     fast_writes: bool = True
     nats_stream: Text = "CONSENT"
     # Where the outbox relay runs: "inline" (this process's event loop), "process" (a child process
@@ -151,10 +152,10 @@ class Settings(Struct, frozen=True):
         shown = []
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            if name in SECRET_FIELDS and value:
-                value = "***"
-            elif name == "database_url":
+            if name == "database_url":  # declared secret for its password; the rest says where it points
                 value = _PASSWORD_IN_URL.sub(r"\1***@", value)
+            elif name in SECRET_FIELDS and value:
+                value = "***"
             shown.append(f"{name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -174,5 +175,5 @@ class Settings(Struct, frozen=True):
 _FIELDS = fields_of(Settings)
 # Keys every replica on one PostgreSQL database must share (`consent keys init` makes a set).
 SHARED_KEYS = ("master_key", "token_signing_key", "receipt_keys", "pseudonym_key")
-SECRET_FIELDS = frozenset((*SHARED_KEYS, "admin_keys", "user_token_secret", "master_keys_old"))
+SECRET_FIELDS = frozenset(field.name for field in _FIELDS if field.bounds.secret)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")

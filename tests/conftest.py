@@ -7,11 +7,12 @@ CONSENT_TEST_POSTGRES_URL (default: the local server, trust auth) and dropped at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -185,28 +186,38 @@ async def on_app_loop(client: AsyncTestClient, fn, *args):
     return await asyncio.to_thread(client.blocking_portal.call, fn, *args)
 
 
-class _Recorder(logging.Handler):
-    def __init__(self) -> None:
+class LineRecorder(logging.Handler):
+    """Keeps every line it is given, as `formatter` writes it."""
+
+    def __init__(self, formatter: logging.Formatter) -> None:
         super().__init__(level=logging.DEBUG)
+        self.setFormatter(formatter)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
 
 
+@contextlib.contextmanager
+def recording(handler: logging.Handler, logger_name: str = "", level: int = logging.DEBUG) -> Iterator[list[str]]:
+    """`handler` on a logger (the root by default) at `level` for a while: the lines it keeps."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler.lines  # type: ignore[attr-defined]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_any_log_line():
     """Every log line of the whole run, checked at the end for credentials and tokens."""
-    recorder = _Recorder()
-    recorder.setFormatter(logging.Formatter("%(name)s %(message)s %(exc_text)s"))
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(recorder)
-    root.setLevel(logging.DEBUG)
-    yield
-    root.removeHandler(recorder)
-    root.setLevel(previous)
+    with recording(LineRecorder(logging.Formatter("%(name)s %(message)s %(exc_text)s"))) as lines:
+        yield
     secrets = (ADMIN_KEY, USER_TOKEN_SECRET, MASTER_KEY, TOKEN_SIGNING_KEY, PSEUDONYM_KEY, "Bearer ", "eyJ",
                "client_secret=")
-    leaks = [line for line in recorder.lines if any(secret in line for secret in secrets)]
+    leaks = [line for line in lines if any(secret in line for secret in secrets)]
     assert not leaks, f"{len(leaks)} log lines carry a credential, e.g. {leaks[0][:300]}"

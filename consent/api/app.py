@@ -119,8 +119,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         cache_control=CacheControlHeader(no_store=True),
     )
     app.state.container = container
-    # Outermost, around Litestar's router, its thin routes and its error handling: request ids, HTTP metrics
-    # and the access line for every request (consent/api/observability.py).
+    # Outermost, around Litestar's router and its error handling: request ids, HTTP metrics and the access
+    # line for every request, and the two hot routes answered before the router (consent/api/observability.py).
     app.asgi_handler = observed(app.asgi_handler, container.telemetry, container.settings.access_log,
                                 hot_routes(container))
     return app

@@ -88,7 +88,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
 
 
 def as_problem(error: Exception) -> ProblemDetailsException:
-    """The problem an exception becomes, as the plugin makes it: for the thin ASGI routes."""
+    """The problem an exception becomes, as the plugin makes it: for the hot routes (thin_asgi.py)."""
     for kind in type(error).__mro__:
         if kind in _PROBLEM_FROM:
             return _PROBLEM_FROM[kind](error)

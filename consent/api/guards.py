@@ -7,8 +7,8 @@ test checks the order on every route). The guard authenticates the caller once a
 request's scope, where the `principal` dependency finds it: a partner's rate limit counts each request
 once. What depends on the body (the partner a decision names, sandbox subjects) is still the handler's.
 
-The thin ASGI routes (fast_consents.py, fast_decisions.py) bypass the guards; they call the same require_*
-checks of auth.py before they read the body.
+The two hot routes (hot_routes.py: fast_consents.py, fast_decisions.py) are answered before Litestar's router,
+so no guard runs for them; they call the same require_* checks of auth.py before they read the body.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ the raw path, which would carry subject ids.
 The request id is the caller's `X-Request-Id` when it is well formed (1 to 64 of A-Z a-z 0-9 . _ -),
 else one made here: a random prefix per process and a counter (no random bytes a request).
 
-Hot path: the decision route answers in ~100 us of CPU, so the layer does little per request: two clock
-reads, one header scan, one small object, dict and list increments, a bisect; the access line only when
-its logger is enabled (CONSENT_ACCESS_LOG=0 turns it off altogether).
+Hot path: the decision route answers in ~80 us of CPU, so the layer does little per request: two clock
+reads, one header scan, one small object, dict and list increments, a bisect; no `send` wrapper for the
+hot routes (they send the request id themselves); the access line only when it is on (CONSENT_ACCESS_LOG).
 """
 
 from __future__ import annotations
@@ -69,22 +69,22 @@ def observed(app: ASGIApp, telemetry: Telemetry, access_log: bool = True,
         if request_id is None:
             request_id = new_request_id()
         facts = RequestFacts(request_id)
-        header = (REQUEST_ID_HEADER, request_id)
         status = 500  # if the app fails before it answers
-
-        async def send_with_request_id(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
         token = begin_request(facts)
         hot = None if hot_routes is None or (browser and hot_routes.cors) else hot_routes.route(scope)
         try:
             if hot is not None:
                 status = await hot[1](scope, receive, send, request_id)  # it sends the request id itself
             else:
+                header = (REQUEST_ID_HEADER, request_id)
+
+                async def send_with_request_id(message: dict) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                        message["headers"] = [*message.get("headers", ()), header]
+                    await send(message)
+
                 await app(scope, receive, send_with_request_id)
         finally:
             end_request(token)

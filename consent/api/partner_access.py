@@ -158,7 +158,6 @@ def _refused(refused: TokenRefused) -> Response[TokenError]:
     return Response(TokenError(refused.error, refused.description), status_code=refused.status, headers=headers)
 
 
-
 class AuthorizationServerMetadata(Struct):
     """RFC 8414 §2, for the client credentials grant only."""
 

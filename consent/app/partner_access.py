@@ -232,8 +232,8 @@ class PartnerAccess:
         await self._publish(await self._store.revoke_token(event, f"partner:{claims.partner_id}"))
 
     async def _authenticate_client(self, client_id: str | None, client_secret: str | None) -> StoredCredential:
-        if not client_id or not client_secret or len(client_id) > CLIENT_ID_MAX or len(
-                client_secret) > CLIENT_SECRET_MAX:
+        if (not client_id or not client_secret or len(client_id) > CLIENT_ID_MAX
+                or len(client_secret) > CLIENT_SECRET_MAX):
             raise TokenRefused("invalid_request", "client_id and client_secret are required")
         found = await self._store.find_active(client_id, self._clock.now())
         verified = await anyio.to_thread.run_sync(_verify, found.secret_hash if found else _DUMMY_HASH,

@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 
 from consent.api.app import create_app
 from consent.logs import ACCESS_LOGGER, JsonFormatter
-from tests.conftest import ADMIN, ADMIN_KEY, tail, user_headers
+from tests.conftest import ADMIN, ADMIN_KEY, LineRecorder, recording, tail, user_headers
 from tests.integration.test_decisions_api import grant, partner_headers, setup_catalog
 from tests.integration.test_events_faults import free_port, ready, wait_until
 
@@ -29,26 +29,11 @@ def settings(settings, request):
     return msgspec.structs.replace(settings, fast_decisions=request.param, fast_writes=request.param)
 
 
-class _JsonLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 @pytest.fixture
 def access_lines():
-    """The access lines as `consent serve` writes them (JSON), parsed."""
-    handler, logger = _JsonLines(), logging.getLogger(ACCESS_LOGGER)
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler.lines
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+    """The access lines as `consent serve` writes them (JSON)."""
+    with recording(LineRecorder(JsonFormatter()), ACCESS_LOGGER, logging.INFO) as lines:
+        yield lines
 
 
 def last(lines: list[str]) -> dict:

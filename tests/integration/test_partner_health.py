@@ -150,12 +150,16 @@ async def test_an_unknown_partner_or_window_is_a_problem(client):
         assert bad.headers["content-type"].startswith("application/problem+json")
 
 
+async def one_denied_decision(client) -> None:
+    await setup_catalog(client)
+    acme, _ = await partner_headers(client, "acme")
+    await decide(client, acme, NO_CONSENT)
+
+
 async def test_the_background_flush_reaches_the_database_within_its_interval(settings, clock):
     quick = msgspec.structs.replace(settings, metrics_flush_interval=0.2)
     async with AsyncTestClient(create_app(quick, clock)) as client:
-        await setup_catalog(client)
-        acme, _ = await partner_headers(client, "acme")
-        await decide(client, acme, NO_CONSENT)
+        await one_denied_decision(client)
         for _ in range(50):
             if (answer := await health(client))["decisions"]["deny"] == 1:
                 break
@@ -166,9 +170,7 @@ async def test_the_background_flush_reaches_the_database_within_its_interval(set
 async def test_no_flushes_when_turned_off(settings, clock):
     off = msgspec.structs.replace(settings, metrics_flush_interval=0)
     async with AsyncTestClient(create_app(off, clock)) as client:
-        await setup_catalog(client)
-        acme, _ = await partner_headers(client, "acme")
-        await decide(client, acme, NO_CONSENT)
+        await one_denied_decision(client)
         await asyncio.sleep(0.3)
     async with AsyncTestClient(create_app(off, clock)) as client:
         assert (await health(client))["decisions"]["deny"] == 0  # not even at shutdown

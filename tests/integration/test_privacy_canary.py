@@ -24,6 +24,7 @@ from tests.conftest import (
     SHARED_KEYS,
     USER_TOKEN_SECRET,
     empty_tables,
+    recording,
     user_headers,
 )
 from tests.integration.test_events_nats import stream_messages
@@ -50,14 +51,8 @@ class _Lines(logging.Handler):
 
 @pytest.fixture
 def log_lines():
-    handler = _Lines()
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield handler.lines
-    root.removeHandler(handler)
-    root.setLevel(previous)
+    with recording(_Lines()) as lines:
+        yield lines
 
 
 async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats_names, log_lines):
