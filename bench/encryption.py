@@ -3,7 +3,7 @@
     .venv/bin/python bench/encryption.py [--writes 2000] [--rounds 6] [--postgres postgresql://...]
 
 Creates a scratch database `consent_bench_keys_<random>` (dropped at the end), and drives
-`ConsentService.change_consents` directly (no HTTP: the smallest denominator, so the largest
+`SubjectService.change_consents` directly (no HTTP: the smallest denominator, so the largest
 percentage), one write at a time, each a grant carrying evidence:
 
 - `encrypted`: the service as it is (the key row read with the state, evidence sealed with
@@ -38,15 +38,18 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consent.adapters import migrate, sql_store  # noqa: E402
+from consent.adapters import migrate, sql_recorder, subject_repository  # noqa: E402
 from consent.adapters.cipher import MasterKeys, new_data_key  # noqa: E402
 from consent.adapters.database import Database  # noqa: E402
 from consent.adapters.memory_bus import InProcessBus  # noqa: E402
-from consent.adapters.sql_store import SqlUnitOfWork, load_catalog  # noqa: E402
+from consent.adapters.sql_reads import SUBJECT_STATE  # noqa: E402
+from consent.adapters.sql_unit_of_work import SqlUnitOfWork  # noqa: E402
 from consent.adapters.subject_keys import SubjectKeys, sealer  # noqa: E402
 from consent.adapters.tables import events, subjects  # noqa: E402
+from consent.app.catalog_service import CatalogService  # noqa: E402
 from consent.app.ports import SystemClock  # noqa: E402
-from consent.app.services import ConsentService  # noqa: E402
+from consent.app.subject_service import SubjectService  # noqa: E402
+from consent.app.writing import Publisher  # noqa: E402
 from consent.domain import catalog as cat  # noqa: E402
 from consent.domain.events import Evidence  # noqa: E402
 from consent.domain.subject import Change  # noqa: E402
@@ -58,7 +61,7 @@ GRANT = [Change(purpose="marketing", action="grant", scopes=("profile",))]
 
 # The write-path read as it was before crypto-shredding: the same columns, no join on subject_keys.
 _PLAIN_SUBJECT_FOR_WRITE = (
-    sql_store._SUBJECT_STATE.add_columns(events.c.hash.label("head_hash"))
+    SUBJECT_STATE.add_columns(events.c.hash.label("head_hash"))
     .outerjoin(events, sa.and_(events.c.stream_id == sa.literal("subject:") + subjects.c.subject_id,
                                events.c.stream_version == subjects.c.version))
     .where(subjects.c.subject_id == sa.bindparam("subject_id"))
@@ -68,16 +71,16 @@ _PLAIN_SUBJECT_FOR_WRITE = (
 
 @contextlib.contextmanager
 def cipher_short_circuited() -> Iterator[None]:
-    saved = sql_store.has_personal_data, sql_store._SUBJECT_FOR_WRITE
-    sql_store.has_personal_data = lambda _events: False
-    sql_store._SUBJECT_FOR_WRITE = _PLAIN_SUBJECT_FOR_WRITE
+    saved = subject_repository.has_personal_data, sql_recorder._SUBJECT_FOR_WRITE
+    subject_repository.has_personal_data = lambda _events: False
+    sql_recorder._SUBJECT_FOR_WRITE = _PLAIN_SUBJECT_FOR_WRITE
     try:
         yield
     finally:
-        sql_store.has_personal_data, sql_store._SUBJECT_FOR_WRITE = saved
+        subject_repository.has_personal_data, sql_recorder._SUBJECT_FOR_WRITE = saved
 
 
-async def timed_writes(service: ConsentService, subject_ids: list[str]) -> tuple[float, float]:
+async def timed_writes(service: SubjectService, subject_ids: list[str]) -> tuple[float, float]:
     """(wall, this process's CPU) µs per write, sequential."""
     started, cpu = time.perf_counter(), time.process_time()
     for subject_id in subject_ids:
@@ -97,12 +100,12 @@ async def run(args: argparse.Namespace) -> None:
         await asyncio.to_thread(migrate.upgrade, url)
         keys = SubjectKeys(MasterKeys(os.urandom(32)))
         unit_of_work = functools.partial(SqlUnitOfWork, database, keys=keys)
-        service = ConsentService(unit_of_work, InProcessBus(), SystemClock(), cat.Catalog())
-        await service.put_scope("profile", cat.ScopeSpec(title="Profile", description="", sensitivity="low"), "admin")
-        await service.put_purpose("marketing", cat.PurposeSpec(
+        publisher, catalog = Publisher(InProcessBus()), cat.Catalog()
+        catalogs = CatalogService(unit_of_work, publisher, SystemClock(), catalog)
+        service = SubjectService(unit_of_work, publisher, SystemClock(), catalog)
+        await catalogs.put_scope("profile", cat.ScopeSpec(title="Profile", description="", sensitivity="low"), "admin")
+        await catalogs.put_purpose("marketing", cat.PurposeSpec(
             title="Marketing", description="Offers", legal_basis="consent", retention="P30D"), False, "admin")
-        async with database.reading() as conn:
-            service.catalog, _ = await load_catalog(conn)
         await timed_writes(service, [f"warm-{n}" for n in range(200)])  # connections, caches, statements
 
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}

@@ -25,12 +25,15 @@ from consent.adapters.receipt_keys import load_or_generate
 from consent.adapters.relay_process import RelayChild, relay_env
 from consent.adapters.sql_credentials import SqlCredentialStore
 from consent.adapters.sql_pseudonyms import SqlPseudonyms
-from consent.adapters.sql_store import SqlSubjectReader, SqlUnitOfWork, load_catalog
+from consent.adapters.sql_reads import SqlSubjectReader, load_catalog
+from consent.adapters.sql_unit_of_work import SqlUnitOfWork, recorder_for
 from consent.adapters.subject_keys import SubjectKeys, forget_erased
 from consent.adapters.write_batcher import WriteBatcher
 from consent.adapters.write_cache import SubjectWriteCache
 from consent.api.auth import Authenticator
 from consent.api.idp_tokens import identity_provider
+from consent.app.audit import AuditService
+from consent.app.catalog_service import CatalogService
 from consent.app.decisions import DecisionService
 from consent.app.partner_access import PartnerAccess
 from consent.app.ports import Clock, RecordedEvent
@@ -39,9 +42,10 @@ from consent.app.rate_limit import RateLimiter
 from consent.app.read_model import SubjectCache
 from consent.app.receipts import ReceiptIssuer, ReceiptSettings
 from consent.app.scheduler import Scheduler
-from consent.app.services import ConsentService
 from consent.app.subject_records import SubjectRecords
+from consent.app.subject_service import SubjectService
 from consent.app.telemetry import Telemetry
+from consent.app.writing import Publisher
 from consent.config import Settings
 
 log = logging.getLogger("consent")
@@ -52,7 +56,9 @@ EventHandler = Callable[[list[RecordedEvent]], Awaitable[None]]
 class Container:
     """The process's adapters and services, built at start-up."""
 
-    service: ConsentService
+    catalog_service: CatalogService
+    subject_service: SubjectService
+    audit_service: AuditService
     decisions: DecisionService
     subjects: SubjectCache
     partner_access: PartnerAccess
@@ -67,7 +73,7 @@ class Container:
         self.relay: Relay | RelayChild | None = None
         self.feed: NatsFeed | None = None
         # Traffic by partner and route (GET /metrics), flushed for partner health (consent/app/partner_health.py).
-        self.telemetry = Telemetry(lambda partner_id: partner_id in self.service.catalog.partners)
+        self.telemetry = Telemetry(lambda partner_id: partner_id in self.catalog_service.catalog.partners)
         self.partner_health = PartnerHealthReader(self.database, clock, settings.metrics_flush_interval)
         # Set once the state is loaded: what the feed delivers before then waits for it.
         self._loaded = asyncio.Event()
@@ -114,28 +120,34 @@ class Container:
         self.subject_keys = SubjectKeys(master_keys(settings))
         self.write_cache = SubjectWriteCache(settings.write_cache_size)
         self.batcher = None if self.database.is_sqlite else WriteBatcher(self.database)
+        # The backend's recorder is chosen here, once (consent/adapters/recorder.py).
         unit_of_work = functools.partial(SqlUnitOfWork, self.database, keys=self.subject_keys,
-                                         write_cache=self.write_cache, batcher=self.batcher)
-        self.service = ConsentService(unit_of_work, self.bus, self.clock, catalog,
-                                      versions, pseudonym_key=pseudonym_key)
+                                         write_cache=self.write_cache, batcher=self.batcher,
+                                         recorder=recorder_for(self.database))
+        self.publisher = publisher = Publisher(self.bus)
+        self.catalog_service = CatalogService(unit_of_work, publisher, self.clock, catalog, versions,
+                                              pseudonym_key=pseudonym_key)
+        self.subject_service = SubjectService(unit_of_work, publisher, self.clock, catalog,
+                                              pseudonym_key=pseudonym_key)
+        self.audit_service = AuditService(unit_of_work, publisher, self.clock)
         self.receipt_keys = load_or_generate(settings.receipt_keys)
-        self.service.receipts = receipts = ReceiptIssuer(self.receipt_keys, ReceiptSettings(
+        self.subject_service.receipts = receipts = ReceiptIssuer(self.receipt_keys, ReceiptSettings(
             issuer=settings.receipt_issuer or settings.event_source, controller_name=settings.controller_name,
             controller_contact=settings.controller_contact, jurisdiction=settings.receipt_jurisdiction))
-        self.records = SubjectRecords(unit_of_work, lambda: self.service.catalog,
-                                      self.clock, receipts)
+        # The one catalog object, updated in place by the catalog service: readers hold it directly.
+        self.records = SubjectRecords(unit_of_work, lambda: catalog, self.clock, receipts)
         self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size,
                                                 pseudonyms=SqlPseudonyms(self.database))
         self.pseudonyms = PseudonymService(pseudonym_key, SqlPseudonyms(self.database),
-                                           lambda: self.service.catalog, subjects)
+                                           lambda: catalog, subjects)
         await subjects.start()
-        self.decisions = DecisionService(subjects, lambda: self.service.catalog, self.clock,
+        self.decisions = DecisionService(subjects, lambda: catalog, self.clock,
                                          sandbox_prefix=settings.sandbox_subject_prefix, telemetry=self.telemetry)
         signing_key = settings.token_signing_key
         if signing_key is None:
             signing_key = secrets.token_urlsafe(32)
             log.warning("CONSENT_TOKEN_SIGNING_KEY is not set: partner tokens are valid in this process only")
-        self.partner_access = PartnerAccess(SqlCredentialStore(self.database), lambda: self.service.catalog,
+        self.partner_access = PartnerAccess(SqlCredentialStore(self.database), lambda: catalog,
                                             self.clock, signing_key, settings.token_ttl, self.bus,
                                             settings.credential_overlap)
         await self.partner_access.start()
@@ -146,7 +158,7 @@ class Container:
     def _build_background_parts(self) -> None:
         """Built here, started by `start` once the events reach them; each interval 0 leaves its loop off."""
         settings = self.settings
-        self.scheduler = Scheduler(self.service, settings.scheduler_interval)
+        self.scheduler = Scheduler(self.catalog_service, self.subject_service, settings.scheduler_interval)
         self.checkpointer = Checkpointer(self.database, settings.checkpoint_interval)
         self.health_flusher = HealthFlusher(self.database, self.telemetry, self.clock,
                                             settings.metrics_flush_interval)
@@ -159,7 +171,7 @@ class Container:
     # What the feed delivers from other replicas (subscribed before the state exists: each waits for it).
     async def _catalog_changed(self, stream_id: str, stream_version: int) -> None:
         await self._loaded.wait()
-        await self.service.refresh_catalog_entity(stream_id, stream_version)
+        await self.catalog_service.refresh(stream_id, stream_version)
 
     async def _events_from_other_replicas(self, events: list[RecordedEvent]) -> None:
         await self._loaded.wait()
@@ -170,7 +182,7 @@ class Container:
         # The feed lost its place: what is cached may have missed events.
         await self._loaded.wait()
         self.subjects.clear()
-        await self.service.reload_catalog()
+        await self.catalog_service.reload()
 
     async def stop(self) -> None:
         # Also after a start that failed half-way: stop what was started. One part failing to stop
@@ -188,7 +200,7 @@ class Container:
 
     def metrics(self) -> dict:
         facts: dict = {"position": self.subjects.position, "cache_entries": len(self.subjects),
-                       "decisions": self.telemetry.decisions_by_outcome(), "events": dict(self.service.appended),
+                       "decisions": self.telemetry.decisions_by_outcome(), "events": dict(self.publisher.appended),
                        "telemetry": self.telemetry}
         if self.relay is not None:
             facts["relay_leader"] = int(self.relay.is_leader)

@@ -197,7 +197,7 @@ async def _over_the_log(settings: Settings, label: str, walk):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from consent.adapters.database import Database
-    from consent.adapters.sql_store import head_position
+    from consent.adapters.sql_reads import head_position
 
     database = Database(settings.database_url)
     try:

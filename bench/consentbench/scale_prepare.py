@@ -102,7 +102,7 @@ def checkpoint_backlog(bench: Bench) -> dict[str, Any]:
     code = ("import asyncio, os, time\n"
             "from consent.adapters.database import Database\n"
             "from consent.adapters.log_checkpoints import write_checkpoint\n"
-            "from consent.adapters.sql_store import head_position\n"
+            "from consent.adapters.sql_reads import head_position\n"
             "async def main():\n"
             "    db = Database(os.environ['CONSENT_DATABASE_URL'])\n"
             "    began, events = time.monotonic(), 0\n"

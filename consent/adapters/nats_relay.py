@@ -32,8 +32,8 @@ from nats.js.errors import NotFoundError
 
 from consent.adapters.cloudevents import encode, is_published, nats_subject
 from consent.adapters.database import Database
-from consent.adapters.sql_store import published_pseudonym
 from consent.adapters.tables import events, relay_checkpoints
+from consent.adapters.write_record import published_pseudonym
 from consent.app.background import BackgroundLoop
 from consent.app.ports import RecordedEvent
 from consent.domain.events import event_from_data, event_type, without_personal

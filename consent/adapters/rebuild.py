@@ -19,7 +19,7 @@ from msgspec import Struct
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.adapters.database import Database
-from consent.adapters.sql_store import catalog_row, consent_row, subject_row
+from consent.adapters.sql_rows import catalog_row, consent_row, subject_row
 from consent.adapters.tables import consents, events, partners, purposes, scopes, subjects
 from consent.domain.catalog import Catalog
 from consent.domain.events import event_from_data, without_personal
@@ -91,7 +91,8 @@ async def _fold(rows: AsyncIterator[Any], writer: _Writer, progress: Progress | 
 
     async def flush_subject() -> None:
         if subject is not None:
-            await writer.add(subjects, subject_row(subject))
+            await writer.add(subjects, subject_row(subject.subject_id, subject.version, subject.position,
+                                                       subject.global_opt_out))
             for record in subject.records.values():
                 await writer.add(consents, consent_row(subject.subject_id, record))
 

@@ -7,7 +7,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from consent.adapters.database import Database
-from consent.adapters.sql_store import SqlUnitOfWork
+from consent.adapters.sql_unit_of_work import SqlUnitOfWork
 from consent.adapters.tables import partner_credentials, revoked_tokens
 from consent.app.partner_access import StoredCredential
 from consent.app.ports import RecordedEvent
@@ -23,8 +23,9 @@ class SqlCredentialStore:
 
     async def add(self, credential: StoredCredential, event: CredentialIssued, actor: str) -> list[RecordedEvent]:
         async with SqlUnitOfWork(self._database) as uow:
-            recorded = await uow.append(stream_of(CREDENTIAL, credential.client_id), 0, [event], actor)
-            await uow.conn.execute(sa.insert(partner_credentials).values(
+            recorded = await uow.log.append(stream_of(CREDENTIAL, credential.client_id), 0, [event], actor)
+            conn = await uow.connection()
+            await conn.execute(sa.insert(partner_credentials).values(
                 client_id=credential.client_id, partner_id=credential.partner_id,
                 secret_hash=credential.secret_hash, created_at=event.occurred_at,
                 scopes=list(credential.scopes), expires_at=credential.expires_at))
@@ -53,11 +54,12 @@ class SqlCredentialStore:
         values = ({"revoked_at": event.occurred_at} if event.effective_at <= event.occurred_at
                   else {"expires_at": event.effective_at})
         async with SqlUnitOfWork(self._database) as uow:
-            ended = await uow.conn.execute(sa.update(partner_credentials).where(active).values(**values))
+            conn = await uow.connection()
+            ended = await conn.execute(sa.update(partner_credentials).where(active).values(**values))
             if ended.rowcount == 0:
                 return []
             stream_id = stream_of(CREDENTIAL, event.client_id)
-            recorded = await uow.append(stream_id, await uow.stream_version(stream_id), [event], actor)
+            recorded = await uow.log.append(stream_id, await uow.log.stream_version(stream_id), [event], actor)
             await uow.commit()
         return recorded
 
@@ -75,12 +77,13 @@ class SqlCredentialStore:
         async with SqlUnitOfWork(self._database) as uow:
             upsert = self._database.upsert(revoked_tokens).values(
                 token_id=event.token_id, partner_id=event.partner_id, expires_at=event.expires_at)
-            inserted = await uow.conn.execute(upsert.on_conflict_do_nothing(index_elements=["token_id"]))
+            conn = await uow.connection()
+            inserted = await conn.execute(upsert.on_conflict_do_nothing(index_elements=["token_id"]))
             if inserted.rowcount == 0:
                 return []
-            recorded = await uow.append(stream_of(TOKEN, event.token_id), 0, [event], actor)
+            recorded = await uow.log.append(stream_of(TOKEN, event.token_id), 0, [event], actor)
             # Tokens past their expiry are refused anyway: no need to remember their revocation.
-            await uow.conn.execute(sa.delete(revoked_tokens).where(revoked_tokens.c.expires_at < event.occurred_at))
+            await conn.execute(sa.delete(revoked_tokens).where(revoked_tokens.c.expires_at < event.occurred_at))
             await uow.commit()
         return recorded
 

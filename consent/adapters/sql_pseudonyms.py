@@ -1,6 +1,6 @@
 """The pseudonym mapping on SQLAlchemy: which subject a pairwise partner's pseudonym stands for.
 
-Appends record the mapping in their own statement (consent/adapters/sql_store.py); this module
+Appends record the mapping in their own statement (consent/adapters/postgres.py, sql_recorder.py); this module
 records it when a pseudonym is issued, and reads it, for decisions, together with the subjects'
 states: an uncached pseudonym costs one query, as an uncached subject id does.
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from consent.adapters.database import Database
-from consent.adapters.sql_store import subjects_from_rows
+from consent.adapters.sql_rows import subjects_from_rows
 from consent.adapters.tables import consents, pseudonyms, subjects
 from consent.domain.subject import SubjectConsents
 

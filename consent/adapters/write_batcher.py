@@ -9,127 +9,24 @@ later writes gather while up to `max_in_flight` batches are out.
 All or nothing per batch, so one write's version conflict (or a value the database refuses) would fail
 its neighbours: a batch the database refuses is sent again one write at a time, and each write gets its
 own answer. A lost connection fails the whole batch (503, retry later).
-The same statement serves one write inside a transaction (`SUBJECT_APPEND` with `subject_append_params`).
+The statement is PostgreSQL's subject write (consent/adapters/postgres.py), for one write or many.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterable
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import asyncpg
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from consent.adapters.database import Database
-
-
-class SubjectAppend(NamedTuple):
-    """One consent change's rows: its events, the subject's new projection rows, and what goes with them."""
-
-    subject_id: str
-    stream_id: str
-    version: int  # the subject's version after the change
-    global_opt_out: bool
-    events: list[tuple[uuid.UUID, int, str, str, str, datetime, bytes]]  # id, version, type, data, metadata, at, hash
-    consents: list[tuple[str, str, str | None, str, datetime | None, int, datetime]]  # purpose .. updated_at
-    pseudonyms: list[tuple[str, str]]  # (pairwise partner, pseudonym)
-    new_key: tuple[str, bytes, str, datetime] | None  # key_id, wrapped_key, master_key_id, created_at
-
-
-SUBJECT_APPEND = sa.text("""
-    WITH appended AS (
-        INSERT INTO events (event_id, stream_id, stream_version, type, data, metadata, recorded_at, hash)
-        SELECT e.event_id, e.stream_id, e.stream_version, e.type, CAST(e.data AS jsonb),
-               CAST(e.metadata AS jsonb), e.recorded_at, e.hash
-        FROM unnest(CAST(:e_id AS uuid[]), CAST(:e_stream AS varchar[]), CAST(:e_version AS integer[]),
-                    CAST(:e_type AS varchar[]), CAST(:e_data AS text[]), CAST(:e_metadata AS text[]),
-                    CAST(:e_at AS timestamptz[]), CAST(:e_hash AS bytea[]))
-             WITH ORDINALITY AS e(event_id, stream_id, stream_version, type, data, metadata, recorded_at, hash, n)
-        ORDER BY e.n
-        RETURNING position, stream_id, stream_version),
-    subject AS (
-        INSERT INTO subjects (subject_id, version, position, global_opt_out)
-        SELECT s.subject_id, s.version, a.position, s.opt_out
-        FROM unnest(CAST(:s_id AS varchar[]), CAST(:s_stream AS varchar[]), CAST(:s_version AS integer[]),
-                    CAST(:s_opt_out AS boolean[])) AS s(subject_id, stream_id, version, opt_out)
-        JOIN appended a ON a.stream_id = s.stream_id AND a.stream_version = s.version
-        ON CONFLICT (subject_id) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,
-            global_opt_out = EXCLUDED.global_opt_out),
-    consent AS (
-        INSERT INTO consents (subject_id, purpose_id, partner_id, scopes, status, expires_at, purpose_version,
-                              updated_at)
-        SELECT c.subject_id, c.purpose_id, c.partner_id, CAST(c.scopes AS jsonb), c.status, c.expires_at,
-               c.purpose_version, c.updated_at
-        FROM unnest(CAST(:c_subject AS varchar[]), CAST(:c_purpose AS varchar[]), CAST(:c_partner AS varchar[]),
-                    CAST(:c_scopes AS text[]), CAST(:c_status AS varchar[]), CAST(:c_expires AS timestamptz[]),
-                    CAST(:c_purpose_version AS integer[]), CAST(:c_updated AS timestamptz[]))
-             AS c(subject_id, purpose_id, partner_id, scopes, status, expires_at, purpose_version, updated_at)
-        ON CONFLICT (subject_id, purpose_id, partner_id) DO UPDATE SET scopes = EXCLUDED.scopes,
-            status = EXCLUDED.status, expires_at = EXCLUDED.expires_at,
-            purpose_version = EXCLUDED.purpose_version, updated_at = EXCLUDED.updated_at),
-    pseudonym AS (
-        INSERT INTO pseudonyms (partner_id, pseudonym, subject_id)
-        SELECT * FROM unnest(CAST(:p_partner AS varchar[]), CAST(:p_pseudonym AS varchar[]),
-                             CAST(:p_subject AS varchar[]))
-        ON CONFLICT (partner_id, pseudonym) DO NOTHING),
-    -- A subject's first personal data: its data key, with the events. A key row is only ever made or
-    -- deleted together with an append to the subject's stream, so a key committed by someone else
-    -- since the state was read means an event at this version too: the append then fails whole.
-    subject_key AS (
-        INSERT INTO subject_keys (subject_id, key_id, wrapped_key, master_key_id, created_at)
-        SELECT * FROM unnest(CAST(:k_subject AS varchar[]), CAST(:k_id AS varchar[]), CAST(:k_wrapped AS bytea[]),
-                             CAST(:k_master AS varchar[]), CAST(:k_at AS timestamptz[]))
-        ON CONFLICT (subject_id) DO NOTHING)
-    SELECT position, stream_id, stream_version FROM appended""")
-
-_compiled = SUBJECT_APPEND.compile(dialect=asyncpg_dialect())
-# The statement as asyncpg takes it: $n placeholders, and the parameter names in their order.
-_ASYNCPG_SQL, _ASYNCPG_NAMES = _compiled.string, tuple(_compiled.positiontup or ())
-
-
-def subject_append_params(appends: Iterable[SubjectAppend]) -> dict[str, list[Any]]:
-    """The statement's arrays for these writes (one row per event, subject, consent, pseudonym, key)."""
-    params: dict[str, list[Any]] = {name: [] for name in _ASYNCPG_NAMES}
-    for a in appends:
-        for columns, row in ((("e_id", "e_version", "e_type", "e_data", "e_metadata", "e_at", "e_hash"), e)
-                             for e in a.events):
-            for name, value in zip(columns, row, strict=True):
-                params[name].append(value)
-            params["e_stream"].append(a.stream_id)
-        for name, value in (("s_id", a.subject_id), ("s_stream", a.stream_id), ("s_version", a.version),
-                            ("s_opt_out", a.global_opt_out)):
-            params[name].append(value)
-        for consent in a.consents:
-            params["c_subject"].append(a.subject_id)
-            for name, value in zip(("c_purpose", "c_partner", "c_scopes", "c_status", "c_expires",
-                                    "c_purpose_version", "c_updated"), consent, strict=True):
-                params[name].append(value)
-        for partner_id, pseudonym in a.pseudonyms:
-            params["p_partner"].append(partner_id)
-            params["p_pseudonym"].append(pseudonym)
-            params["p_subject"].append(a.subject_id)
-        if a.new_key is not None:
-            params["k_subject"].append(a.subject_id)
-            for name, value in zip(("k_id", "k_wrapped", "k_master", "k_at"), a.new_key, strict=True):
-                params[name].append(value)
-    return params
-
-
-def positions_by_stream(rows: Iterable[tuple[int, str, int]]) -> dict[str, list[int]]:
-    """The appended events' positions, per stream, in stream order."""
-    found: dict[str, list[tuple[int, int]]] = {}
-    for position, stream_id, stream_version in rows:
-        found.setdefault(stream_id, []).append((stream_version, position))
-    return {stream_id: [position for _, position in sorted(pairs)] for stream_id, pairs in found.items()}
+from consent.adapters.postgres import ASYNCPG_NAMES, ASYNCPG_SQL, positions_by_stream, subject_write_params
+from consent.adapters.write_record import SubjectWrite
 
 
 class _Pending(NamedTuple):
-    append: SubjectAppend
+    write: SubjectWrite
     answer: asyncio.Future[list[int]]
 
 
@@ -145,14 +42,14 @@ class WriteBatcher:
         self.batches = 0  # statements sent, for the tests and the curious
         self.writes = 0
 
-    async def append(self, append: SubjectAppend) -> list[int]:
+    async def append(self, write: SubjectWrite) -> list[int]:
         """Commit this write (with whatever else is ready); its events' positions, in order.
 
         Raises what a statement of its own would: IntegrityError on a version conflict, DBAPIError when the
         database refuses a value or is unavailable."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[list[int]] = loop.create_future()
-        self._queue.append(_Pending(append, answer))
+        self._queue.append(_Pending(write, answer))
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
             sender = loop.create_task(self._send_while_queued())
@@ -174,8 +71,8 @@ class WriteBatcher:
         later: list[_Pending] = []
         subjects: set[str] = set()
         for pending in self._queue:
-            if len(batch) < self._max_batch and pending.append.subject_id not in subjects:
-                subjects.add(pending.append.subject_id)
+            if len(batch) < self._max_batch and pending.write.subject_id not in subjects:
+                subjects.add(pending.write.subject_id)
                 batch.append(pending)
             else:
                 later.append(pending)
@@ -184,7 +81,7 @@ class WriteBatcher:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            found = await self._execute([p.append for p in batch])
+            found = await self._execute([p.write for p in batch])
         except DBAPIError as error:
             if len(batch) == 1 or error.connection_invalidated:
                 _fail(batch, error)
@@ -202,14 +99,14 @@ class WriteBatcher:
             raise
         for pending in batch:
             if not pending.answer.done():
-                pending.answer.set_result(found[pending.append.stream_id])
+                pending.answer.set_result(found[pending.write.stream_id])
 
-    async def _execute(self, appends: list[SubjectAppend]) -> dict[str, list[int]]:
-        params = subject_append_params(appends)
+    async def _execute(self, writes: list[SubjectWrite]) -> dict[str, list[int]]:
+        params = subject_write_params(writes)
         async with self._engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             try:
-                rows = await driver.fetch(_ASYNCPG_SQL, *[params[name] for name in _ASYNCPG_NAMES])
+                rows = await driver.fetch(ASYNCPG_SQL, *[params[name] for name in ASYNCPG_NAMES])
             # Errors come out as SQLAlchemy's would, for the callers and the API's error mapping.
             except asyncpg.IntegrityConstraintViolationError as error:
                 raise IntegrityError(None, None, error, hide_parameters=True) from None
@@ -219,7 +116,7 @@ class WriteBatcher:
                 await conn.invalidate()
                 raise DBAPIError(None, None, error, hide_parameters=True, connection_invalidated=True) from None
         self.batches += 1
-        self.writes += len(appends)
+        self.writes += len(writes)
         return positions_by_stream(rows)
 
 

@@ -6,7 +6,7 @@ it already knows all three: the write skips its read and costs one statement.
 
 Safe because an append names the version it follows: if anyone appended since, the insert fails
 on (stream_id, stream_version), the entry is dropped and the write is retried on a fresh read
-(consent/app/services.py). Only committed writes are remembered (a rolled-back append would leave
+(consent/app/writing.py). Only committed writes are remembered (a rolled-back append would leave
 a version the log never had), and the feed drops entries that another process has overtaken, so a
 subject written elsewhere seldom costs a failed attempt. Bounded: least recently written out first.
 """

@@ -42,7 +42,7 @@ def hot_routes(container: Container) -> HotRoutes:
     """The two hot routes, answered before Litestar's router (each can be turned off)."""
     settings = container.settings
     decide = decision_route(lambda: container.authenticator, lambda: container.decisions, settings.max_body_bytes)
-    change = consent_route(lambda: container.authenticator, lambda: container.service, settings.max_body_bytes)
+    change = consent_route(lambda: container.authenticator, lambda: container.subject_service, settings.max_body_bytes)
     return HotRoutes(decide if settings.fast_decisions else None, change if settings.fast_writes else None,
                      cors=bool(settings.cors_origins))
 
@@ -77,7 +77,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                         authorization_server_metadata, index, PartnerHealthController],
         dependencies={
             "principal": Provide(guards.principal),  # authenticated by the route's guard
-            "service": Provide(lambda: container.service, sync_to_thread=False),
+            "catalogs": Provide(lambda: container.catalog_service, sync_to_thread=False),
+            "subjects": Provide(lambda: container.subject_service, sync_to_thread=False),
+            "audits": Provide(lambda: container.audit_service, sync_to_thread=False),
             "decisions": Provide(lambda: container.decisions, sync_to_thread=False),
             "pseudonyms": Provide(lambda: container.pseudonyms, sync_to_thread=False),
             "receipt_keys": Provide(lambda: container.receipt_keys, sync_to_thread=False),

@@ -20,25 +20,25 @@ from consent.api.errors import problem
 from consent.api.schemas import ConsentRequest
 from consent.api.subjects import HEADER_LIMITS, change_consents
 from consent.api.thin_asgi import HotRoute, read_body, respond
-from consent.app.services import ConsentService
+from consent.app.subject_service import SubjectService
 
 _decode_request = msgspec.json.Decoder(ConsentRequest).decode
 _encode = msgspec.json.Encoder().encode
 _HEADERS = {name.lower().encode(): name for name in ("Authorization", *HEADER_LIMITS)}
 
 
-def consent_route(authenticator: Callable[[], Authenticator], service: Callable[[], ConsentService],
+def consent_route(authenticator: Callable[[], Authenticator], subjects: Callable[[], SubjectService],
                   max_body: int) -> HotRoute:
     """`max_body`: the same limit as the app's request_max_body_size (CONSENT_MAX_BODY_BYTES)."""
     async def answer(scope: dict, receive, send, request_id: bytes) -> int:
         subject_id = scope["path_params"]["subject_id"]  # hot_routes.py parsed it
-        return await respond(send, lambda: _change(scope, receive, subject_id, authenticator(), service(), max_body),
+        return await respond(send, lambda: _change(scope, receive, subject_id, authenticator(), subjects(), max_body),
                              request_id)
 
     return answer
 
 
-async def _change(scope: dict, receive, subject_id: str, authenticator: Authenticator, service: ConsentService,
+async def _change(scope: dict, receive, subject_id: str, authenticator: Authenticator, subjects: SubjectService,
                   max_body: int) -> bytes:
     headers: dict[str, str] = {}
     for name, value in scope["headers"]:
@@ -55,5 +55,5 @@ async def _change(scope: dict, receive, subject_id: str, authenticator: Authenti
         request = _decode_request(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise problem(400, "validation_failed", str(error)) from None
-    return _encode(await change_consents(service, principal, subject_id, request, headers.get("Idempotency-Key"),
+    return _encode(await change_consents(subjects, principal, subject_id, request, headers.get("Idempotency-Key"),
                                          headers.get("If-Match"), headers.get("Sec-GPC")))

@@ -14,7 +14,7 @@ from litestar.params import FromPath, Parameter
 
 from consent.adapters.partner_health_store import PartnerHealthReader
 from consent.api.catalog import CATALOG_READ
-from consent.api.deps import Service
+from consent.api.deps import Catalogs
 from consent.api.errors import ERRORS, problem
 from consent.api.guards import own_partner_or_admin
 from consent.app.partner_health import DEFAULT_WINDOW, WINDOWS, PartnerHealth
@@ -33,11 +33,11 @@ class PartnerHealthController(Controller):
          summary="A partner's decisions, denials, policy violations, requests and latency over a window, from "
                  "every replica, at most CONSENT_METRICS_FLUSH_INTERVAL seconds behind (admin, or the partner "
                  "itself)")
-    async def health(self, partner_id: FromPath[str], service: Service,
+    async def health(self, partner_id: FromPath[str], catalogs: Catalogs,
                      partner_health: NamedDependency[PartnerHealthReader], window: Window = None) -> PartnerHealth:
         window = window or DEFAULT_WINDOW
         if window not in WINDOWS:
             raise problem(400, "invalid_window", f"window is one of {', '.join(WINDOWS)}")
-        if partner_id not in service.catalog.partners:
+        if partner_id not in catalogs.catalog.partners:
             raise NotFound("partner", partner_id)
         return await partner_health.read(partner_id, window)

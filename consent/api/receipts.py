@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from consent.adapters.receipt_keys import Jwks, ReceiptKeys
-from consent.api.deps import Caller, Service
+from consent.api.deps import Audits, Caller
 from consent.api.errors import ERRORS
 from consent.api.guards import own_subject
 from consent.app.subject_records import SubjectRecords
@@ -36,18 +36,18 @@ class ReceiptController(Controller):
     @get("/receipts/{event_id:uuid}", responses=ERRORS,
          summary="The signed receipt of one of the subject's consent events (the subject, or admin)")
     async def receipt(self, subject_id: FromPath[str], event_id: FromPath[UUID], principal: Caller,
-                      records: Records, service: Service) -> ReceiptView:
+                      records: Records, audits: Audits) -> ReceiptView:
         check_subject(subject_id)
         if principal.kind == "admin":  # a receipt is part of the history: an admin's read is audited
-            await service.record_history_read(subject_id, principal.actor)
+            await audits.record_history_read(subject_id, principal.actor)
         return await records.receipt(subject_id, event_id)
 
     @get("/export", responses=ERRORS,
          summary="Everything held on the subject: consents, full history, receipts (the subject, or admin)")
     async def export(self, subject_id: FromPath[str], principal: Caller, records: Records,
-                     service: Service) -> SubjectExportView:
+                     audits: Audits) -> SubjectExportView:
         check_subject(subject_id)
         if principal.kind == "admin":
             # It holds the whole history: recorded like an administrator's read of the history.
-            await service.record_history_read(subject_id, principal.actor)
+            await audits.record_history_read(subject_id, principal.actor)
         return await records.export(subject_id)

@@ -11,11 +11,11 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
 from consent.api.auth import Principal
-from consent.api.deps import Caller, Service
+from consent.api.deps import Audits, Caller, Subjects
 from consent.api.errors import ERRORS, problem
 from consent.api.guards import own_subject
 from consent.api.schemas import ConsentRequest
-from consent.app.services import ConsentService
+from consent.app.subject_service import SubjectService
 from consent.app.views import ConsentChangeView, HistoryView, SubjectConsentsView, SubjectErasureView
 from consent.domain.events import Evidence
 from consent.domain.ids import check_subject
@@ -47,7 +47,7 @@ def _gpc(principal: Principal, sec_gpc: str | None) -> bool:
     return principal.kind == "user" and (sec_gpc or "").strip() == "1"
 
 
-async def change_consents(service: ConsentService, principal: Principal, subject_id: str, data: ConsentRequest,
+async def change_consents(subjects: SubjectService, principal: Principal, subject_id: str, data: ConsentRequest,
                           idempotency_key: str | None, if_match: str | None, sec_gpc: str | None) -> ConsentChangeView:
     """POST /v1/subjects/{subject_id}/consents, for the Litestar route and its thin ASGI layer (fast_consents.py),
     once they have let the caller through (the route's guard, or the layer's own check)."""
@@ -63,7 +63,7 @@ async def change_consents(service: ConsentService, principal: Principal, subject
                       scopes=tuple(c.scopes) if c.scopes is not None else None, expires_at=c.expires_at)
                for c in data.changes]
     evidence = Evidence(**msgspec.structs.asdict(data.evidence)) if data.evidence else None
-    return await service.change_consents(
+    return await subjects.change_consents(
         subject_id, changes, data.source, evidence, principal.actor,
         expected_version=expected, idempotency=idempotency, global_opt_out=gpc)
 
@@ -76,31 +76,31 @@ class SubjectController(Controller):
     @post("/consents", status_code=200, responses=ERRORS,
           summary="Change consents, all or nothing (the subject, or admin)")
     async def change_consents(self, subject_id: FromPath[str], data: JSONBody[ConsentRequest], principal: Caller,
-                              service: Service, idempotency_key: IdempotencyKey = None,
+                              subjects: Subjects, idempotency_key: IdempotencyKey = None,
                               if_match: IfMatch = None, sec_gpc: SecGpc = None) -> ConsentChangeView:
-        return await change_consents(service, principal, subject_id, data, idempotency_key, if_match, sec_gpc)
+        return await change_consents(subjects, principal, subject_id, data, idempotency_key, if_match, sec_gpc)
 
     @get("/consents", summary="Current consents (the subject, or admin)", responses=ERRORS)
     async def get_consents(self, subject_id: FromPath[str],
-                principal: Caller, service: Service,
+                principal: Caller, subjects: Subjects,
                            sec_gpc: SecGpc = None) -> SubjectConsentsView:
         check_subject(subject_id)
         if _gpc(principal, sec_gpc):
-            await service.record_global_opt_out(subject_id, principal.actor)
-        return await service.subject_consents(subject_id)
+            await subjects.record_global_opt_out(subject_id, principal.actor)
+        return await subjects.subject_consents(subject_id)
 
     @post("/erase", status_code=200, responses=ERRORS,
           summary="Erase the subject's personal data for good; decisions deny from then on (the subject, or admin)")
-    async def erase(self, subject_id: FromPath[str], principal: Caller, service: Service) -> SubjectErasureView:
+    async def erase(self, subject_id: FromPath[str], principal: Caller, subjects: Subjects) -> SubjectErasureView:
         check_subject(subject_id)
-        return await service.erase_subject(subject_id, principal.actor)
+        return await subjects.erase_subject(subject_id, principal.actor)
 
     @get("/history", summary="The subject's consent events, oldest first (the subject, or admin)", responses=ERRORS)
     async def history(self, subject_id: FromPath[str],
-                principal: Caller, service: Service,
+                principal: Caller, subjects: Subjects, audits: Audits,
                       after: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
                       limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryView:
         check_subject(subject_id)
         if principal.kind == "admin":
-            await service.record_history_read(subject_id, principal.actor)
-        return await service.history(subject_id, after, limit)
+            await audits.record_history_read(subject_id, principal.actor)
+        return await subjects.history(subject_id, after, limit)

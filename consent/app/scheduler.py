@@ -13,8 +13,9 @@ import contextlib
 import logging
 
 from consent.app.background import BackgroundLoop
+from consent.app.catalog_service import CatalogService
 from consent.app.ports import RecordedEvent
-from consent.app.services import ConsentService
+from consent.app.subject_service import SubjectService
 from consent.domain.events import PartnerTerminated
 
 log = logging.getLogger("consent.scheduler")
@@ -23,16 +24,17 @@ log = logging.getLogger("consent.scheduler")
 class Scheduler(BackgroundLoop):
     task_name = "consent-scheduler"
 
-    def __init__(self, service: ConsentService, interval: float = 1.0) -> None:
-        self._service = service
+    def __init__(self, catalogs: CatalogService, subjects: SubjectService, interval: float = 1.0) -> None:
+        self._catalogs = catalogs
+        self._subjects = subjects
         self._interval = interval
         self._wake = asyncio.Event()
 
     async def sweep_once(self) -> int:
-        written = await self._service.suspend_partners_past_contract()
-        while (batch := await self._service.expire_due_grants()) > 0:
+        written = await self._catalogs.suspend_partners_past_contract()
+        while (batch := await self._subjects.expire_due_grants()) > 0:
             written += batch
-        while (batch := await self._service.withdraw_grants_of_terminated_partners()) > 0:
+        while (batch := await self._subjects.withdraw_grants_of_terminated_partners()) > 0:
             written += batch
         return written
 

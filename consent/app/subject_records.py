@@ -21,7 +21,7 @@ async def read_whole_stream(uow: UnitOfWork, stream_id: str) -> list[RecordedEve
     recorded: list[RecordedEvent] = []
     after = 0
     while True:
-        page = await uow.read_stream(stream_id, after, PAGE)
+        page = await uow.log.read_stream(stream_id, after, PAGE)
         recorded += page
         if len(page) < PAGE:
             return recorded
@@ -88,12 +88,12 @@ class SubjectRecords:
         of the document agree with each other."""
         now = self._clock.now()
         async with self._unit_of_work() as uow:
-            state = await uow.load_subject(subject_id)
+            state = await uow.subjects.load(subject_id)
         history: list[RecordedEvent] = []
         after = 0
         while state.version > 0:
             async with self._unit_of_work() as uow:
-                page = await uow.read_stream(subject_stream(subject_id), after, PAGE)
+                page = await uow.log.read_stream(subject_stream(subject_id), after, PAGE)
             history += [r for r in page if r.stream_version <= state.version]
             if len(page) < PAGE or page[-1].stream_version >= state.version:
                 break

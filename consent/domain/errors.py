@@ -43,6 +43,12 @@ class VersionConflict(Conflict):
         )
 
 
+def idempotency_key_in_flight() -> Conflict:
+    """Another request with the same Idempotency-Key committed first; this one rolls back whole."""
+    return Conflict("idempotency_key_in_flight",
+                    "a request with this Idempotency-Key was processed concurrently; retry it")
+
+
 # Every `code` a problem answer can carry, with what it means: the one list the OpenAPI document
 # publishes (an enum on Problem.code) and tests/unit/test_problem_codes.py holds the code base to.
 # Adding a code is a change of the public contract; renaming or removing one breaks clients.

@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from consent.adapters.database import Database
 from consent.adapters.log_checkpoints import Checkpointer
 from consent.adapters.log_verify import VerifyReport, verify_log
-from consent.adapters.sql_store import SqlUnitOfWork, event_rows
+from consent.adapters.sql_unit_of_work import SqlUnitOfWork
+from consent.adapters.subject_repository import SubjectRepository
 from consent.adapters.tables import event_checkpoints, events
+from consent.adapters.write_record import event_rows
 from consent.api.app import create_app
 from consent.config import Settings
 from consent.domain.events import GlobalOptOutRecorded, ScopeDefined
@@ -185,7 +187,7 @@ async def test_a_writer_that_loses_the_race_retries_with_a_fresh_previous_hash(p
     from tests.conftest import empty_tables
 
     await empty_tables(postgresql_url)
-    load, raced = SqlUnitOfWork.load_subject, []
+    load, raced = SubjectRepository.load, []
 
     async def load_then_lose_the_race(self, subject_id, cached=False):
         state = await load(self, subject_id, cached)
@@ -194,11 +196,11 @@ async def test_a_writer_that_loses_the_race_retries_with_a_fresh_previous_hash(p
             other_process = Database(postgresql_url)  # here: on the loop the app runs on
             try:
                 async with SqlUnitOfWork(other_process) as uow:
-                    theirs = await uow.load_subject(subject_id)
+                    theirs = await uow.subjects.load(subject_id)
                     version, event = theirs.version, GlobalOptOutRecorded(occurred_at=datetime.now(UTC),
                                                                           source="gpc")
                     theirs.apply(event)
-                    await uow.save_subject(theirs, version, [event], "admin")
+                    await uow.subjects.save(theirs, version, [event], "admin")
                     await uow.commit()
             finally:
                 await other_process.dispose()
@@ -211,7 +213,7 @@ async def test_a_writer_that_loses_the_race_retries_with_a_fresh_previous_hash(p
             await client.put("/v1/purposes/marketing", headers=ADMIN, json=MARKETING)
             grant = {"changes": [{"purpose": "marketing", "action": "grant"}]}
             assert (await client.post("/v1/subjects/busy/consents", headers=ADMIN, json=grant)).status_code == 200
-            monkeypatch.setattr(SqlUnitOfWork, "load_subject", load_then_lose_the_race)
+            monkeypatch.setattr(SubjectRepository, "load", load_then_lose_the_race)
             answer = await client.post("/v1/subjects/busy/consents", headers=ADMIN, json={
                 "changes": [{"purpose": "marketing", "action": "withdraw"}]})
         assert answer.status_code == 200 and answer.json()["version"] == 3

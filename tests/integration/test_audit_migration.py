@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from consent.adapters import migrate
 from consent.adapters.database import Database
 from consent.adapters.log_verify import verify_log
-from consent.adapters.sql_store import SqlUnitOfWork
+from consent.adapters.sql_unit_of_work import SqlUnitOfWork
 from consent.domain.catalog import Scope
 from consent.domain.events import ScopeDefined
 
@@ -71,7 +71,7 @@ async def test_events_written_at_0004_are_hashed_and_verify(scratch_url):
         async with SqlUnitOfWork(database) as uow:
             event = ScopeDefined(occurred_at=datetime.now(UTC), scope_id="a", title="A", description="",
                                  sensitivity="low")
-            await uow.save_catalog_entity("scope:a", 7, [event], Scope(id="a", title="A", description="",
+            await uow.catalog.save("scope:a", 7, [event], Scope(id="a", title="A", description="",
                                                                        sensitivity="low"), "admin")
             await uow.commit()
         report = await verify_log(database)

@@ -19,7 +19,7 @@ from consent.adapters.cipher import MasterKeys
 from consent.adapters.database import Database
 from consent.adapters.key_rotation import rewrap_all
 from consent.adapters.log_verify import verify_log
-from consent.adapters.sql_store import SqlUnitOfWork
+from consent.adapters.sql_unit_of_work import SqlUnitOfWork
 from consent.adapters.subject_keys import SubjectKeys
 from consent.adapters.tables import consents, events, subject_keys
 from consent.api.app import create_app
@@ -270,7 +270,7 @@ async def race_an_erasure(client, url: str, had_key: bool) -> None:
     database = Database(url)
     try:
         async with SqlUnitOfWork(database, single_write=True, keys=keys) as uow:
-            state = await uow.load_subject("racer")
+            state = await uow.subjects.load("racer")
             erased = await client.post("/v1/subjects/racer/erase", headers=ADMIN)
             assert erased.status_code == 200
             version = state.version
@@ -278,7 +278,7 @@ async def race_an_erasure(client, url: str, had_key: bool) -> None:
                                   purpose_version=1, source="web", evidence=Evidence(user_note="late canary"))
             state.apply(late)
             with pytest.raises(VersionConflict):
-                await uow.save_subject(state, version, [late], "subject")
+                await uow.subjects.save(state, version, [late], "subject")
     finally:
         await database.dispose()
     assert await key_ids(url, "racer") == []  # no key brought back, none made

@@ -113,7 +113,7 @@ async def test_a_partner_is_suspended_when_its_contract_ends(timed_client, clock
     await sweep(client)
     partner = (await client.get("/v1/partners/acme", headers=ADMIN)).json()
     assert partner["status"] == "suspended"
-    in_memory = await on_app_loop(client, client.app.state.container.service.catalog.partners.get, "acme")
+    in_memory = await on_app_loop(client, client.app.state.container.catalog_service.catalog.partners.get, "acme")
     assert in_memory.status == "suspended"  # decisions and tokens see it at once
     await sweep(client)  # once: a suspended partner is not suspended again
     assert (await client.get("/v1/partners/acme", headers=ADMIN)).json()["status"] == "suspended"

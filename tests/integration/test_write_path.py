@@ -18,12 +18,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from consent.adapters import migrate
 from consent.adapters.database import Database
 from consent.adapters.log_verify import verify_log
-from consent.adapters.sql_store import SqlUnitOfWork
-from consent.adapters.write_batcher import SubjectAppend, WriteBatcher
+from consent.adapters.sql_unit_of_work import SqlUnitOfWork
+from consent.adapters.write_batcher import WriteBatcher
+from consent.adapters.write_record import SubjectWrite
 from consent.api import fast_consents
 from consent.api.app import create_app
 from consent.config import Settings
-from consent.domain.subject import Change, change_consents
+from consent.domain.subject import Change, ConsentRecord, change_consents
 from tests.conftest import (
     ADMIN,
     ADMIN_KEY,
@@ -107,14 +108,14 @@ async def test_a_write_rolled_back_is_not_remembered(client):
     async def save_then_roll_back() -> None:
         async with SqlUnitOfWork(container.database, keys=container.subject_keys,
                                  write_cache=container.write_cache) as uow:
-            state = await uow.load_subject("dee", cached=True)
+            state = await uow.subjects.load("dee", cached=True)
             version = state.version
-            new_events = change_consents(state, container.service.catalog,
+            new_events = change_consents(state, container.catalog_service.catalog,
                                          [Change(purpose="marketing", action="withdraw")], "api", None,
                                          container.clock.now())
             for event in new_events:
                 state.apply(event)
-            await uow.save_subject(state, version, new_events, "system")
+            await uow.subjects.save(state, version, new_events, "system")
             # left without commit: rolled back
 
     await on_app_loop(client, save_then_roll_back)
@@ -136,7 +137,7 @@ async def test_erasure_leaves_nothing_of_the_subject_in_the_write_cache(client):
 
 async def concurrent_changes_here(client, subject_ids: list[str], action: str = "grant") -> list:
     """Writes started together (on the app's own loop), so that they meet in the batcher."""
-    service = client.app.state.container.service
+    service = client.app.state.container.subject_service
     return await asyncio.gather(*(
         service.change_consents(s, [Change(purpose="marketing", action=action)], "api", None, "admin:test")
         for s in subject_ids), return_exceptions=True)
@@ -208,13 +209,16 @@ async def test_the_thin_layer_answers_consent_changes_and_nothing_else(settings,
     assert answered == (["fay"] if fast_writes else [])
 
 
-def raw_append(subject_id: str, stream_id: str | None = None) -> SubjectAppend:
+def raw_append(subject_id: str, stream_id: str | None = None) -> SubjectWrite:
     """A first write of a subject, rows as the store makes them (the batcher does not read them)."""
     now = datetime.now(UTC)
-    stream_id = stream_id or f"subject:{subject_id}"
-    return SubjectAppend(subject_id=subject_id, stream_id=stream_id, version=1, global_opt_out=False,
-                         events=[(uuid.uuid4(), 1, "consent.granted", "{}", '{"actor": "system"}', now, bytes(32))],
-                         consents=[("marketing", "", None, "granted", None, 1, now)], pseudonyms=[], new_key=None)
+    event = {"event_id": uuid.uuid4(), "stream_id": stream_id or f"subject:{subject_id}", "stream_version": 1,
+             "type": "consent.granted", "data": {}, "metadata": {"actor": "system"}, "recorded_at": now,
+             "hash": bytes(32)}
+    return SubjectWrite(subject_id=subject_id, expected_version=0, events=[event], version=1, global_opt_out=False,
+                        consents=[ConsentRecord(purpose="marketing", partner=None, scopes=None, status="granted",
+                                                expires_at=None, purpose_version=1, updated_at=now)],
+                        pseudonyms={}, new_key=None, erased=False, at=now)
 
 
 async def test_a_value_the_database_refuses_fails_only_its_own_write(postgresql_url):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from consent.app.services import KeyedLocks
+from consent.app.writing import KeyedLocks
 
 
 async def test_holders_of_one_key_take_turns_and_other_keys_do_not_wait():

@@ -1,0 +1,150 @@
+"""Use cases of the catalog (purposes, scopes, partners), and the catalog this process holds in memory,
+kept current by its own commits and by the feed of other replicas' (newer stream versions only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+from consent.app.ports import Clock, RecordedEvent, UnitOfWork
+from consent.app.writing import Publisher, retrying
+from consent.domain import catalog as cat
+from consent.domain.catalog import Catalog, Partner, Purpose, Scope
+from consent.domain.errors import NotFound
+from consent.domain.events import Event
+from consent.domain.pseudonyms import key_missing
+from consent.domain.streams import CATALOG_STREAMS, PARTNER, PURPOSE, SCOPE, parse_stream_id, stream_kind, stream_of
+
+PartnerCommand = Literal["suspend", "reinstate", "terminate"]
+
+
+class Written(msgspec.Struct):
+    """A catalog entity after a command, and whether the command created it."""
+
+    entity: Any
+    created: bool
+
+
+class CatalogService:
+    def __init__(self, unit_of_work: Callable[..., UnitOfWork], publisher: Publisher, clock: Clock,
+                 catalog: Catalog, catalog_versions: dict[str, int] | None = None,
+                 pseudonym_key: bytes | None = None) -> None:
+        self._unit_of_work = unit_of_work
+        self._publisher = publisher
+        self._clock = clock
+        self._pseudonym_key = pseudonym_key  # CONSENT_PSEUDONYM_KEY: pairwise partners need it
+        # The one catalog of this process: its readers hold this object, which is updated in place.
+        self.catalog = catalog
+        # Stream version of each entity as held: events arrive both from this process's commits and from
+        # the feed, in either order, and only newer ones count.
+        self._versions = catalog_versions if catalog_versions is not None else {}
+
+    async def put_purpose(self, purpose_id: str, spec: cat.PurposeSpec, material_change: bool,
+                          actor: str) -> Written:
+        return await self._write(PURPOSE, purpose_id, actor, lambda current: cat.define_purpose(
+            current, purpose_id, spec, material_change, self._clock.now()))
+
+    async def retire_purpose(self, purpose_id: str, actor: str) -> Written:
+        return await self._write(PURPOSE, purpose_id, actor, lambda current: cat.retire_purpose(
+            _existing(current, "purpose", purpose_id), self._clock.now()))
+
+    async def put_scope(self, scope_id: str, spec: cat.ScopeSpec, actor: str) -> Written:
+        return await self._write(SCOPE, scope_id, actor, lambda current: cat.define_scope(
+            current, scope_id, spec, self._clock.now()))
+
+    async def put_partner(self, partner_id: str, spec: cat.PartnerSpec, actor: str) -> Written:
+        if spec.identifiers == "pairwise" and self._pseudonym_key is None:
+            raise key_missing()
+        return await self._write(PARTNER, partner_id, actor, lambda current: cat.register_partner(
+            current, partner_id, spec, self.catalog, self._clock.now()))
+
+    async def change_partner_status(self, partner_id: str, command: PartnerCommand, actor: str) -> Written:
+        decide = {"suspend": cat.suspend_partner, "reinstate": cat.reinstate_partner,
+                  "terminate": cat.terminate_partner}[command]
+        return await self._write(PARTNER, partner_id, actor, lambda current: decide(
+            _existing(current, "partner", partner_id), self._clock.now()))
+
+    async def suspend_partners_past_contract(self) -> int:
+        """A partner whose contract has ended is suspended, with an event, until an admin acts."""
+        now = self._clock.now()
+        ended = [p.id for p in self.catalog.partners.values()
+                 if p.status in ("sandbox", "active") and p.contract_ends_at is not None
+                 and p.contract_ends_at <= now]
+        for partner_id in ended:
+            await self.change_partner_status(partner_id, "suspend", "system")
+        return len(ended)
+
+    async def _write(self, kind: str, ident: str, actor: str, decide: Callable[[Any], list[Event]]) -> Written:
+        stream_id = stream_of(kind, ident)
+
+        async def attempt() -> Written:
+            async with self._unit_of_work() as uow:
+                current, stream_version = await uow.catalog.load(kind, ident)
+                new_events = decide(current)
+                if not new_events:
+                    return Written(entity=current, created=False)
+                # Fold onto a scratch catalog holding just this entity, to project its new state.
+                scratch = Catalog()
+                if current is not None:
+                    _put(scratch, current)
+                for event in new_events:
+                    scratch.apply(event)
+                entity = getattr(scratch, f"{kind}s")[ident]
+                recorded = await uow.catalog.save(stream_id, stream_version, new_events, entity, actor)
+                await uow.commit()
+                self.apply(recorded)
+                await self._publisher.committed(recorded)
+            return Written(entity=entity, created=current is None)
+
+        return await retrying(attempt)
+
+    # Keeping the catalog in memory current
+
+    def apply(self, recorded: list[RecordedEvent]) -> None:
+        """Committed catalog events, this process's own: applied in order, newer versions only."""
+        for item in recorded:
+            if stream_kind(item.stream_id) in CATALOG_STREAMS and self._is_newer(item.stream_id,
+                                                                                 item.stream_version):
+                self.catalog.apply(item.event)
+
+    async def reload(self) -> None:
+        """Read every catalog entity again (after the feed was interrupted)."""
+        async with self._unit_of_work() as uow:
+            catalog, versions = await uow.catalog.load_all()
+        for stream_id, version in versions.items():
+            if self._is_newer(stream_id, version):
+                kind, ident = parse_stream_id(stream_id)
+                _put(self.catalog, getattr(catalog, f"{kind}s")[ident])
+
+    async def refresh(self, stream_id: str, stream_version: int) -> None:
+        """Another process changed a catalog entity: read it as the database has it now."""
+        if stream_version <= self._versions.get(stream_id, 0):
+            return
+        kind, ident = parse_stream_id(stream_id)
+        async with self._unit_of_work() as uow:
+            entity, version = await uow.catalog.load(kind, ident)
+        if entity is not None and self._is_newer(stream_id, version):
+            _put(self.catalog, entity)
+
+    def _is_newer(self, stream_id: str, stream_version: int) -> bool:
+        if stream_version <= self._versions.get(stream_id, 0):
+            return False
+        self._versions[stream_id] = stream_version
+        return True
+
+
+def _existing(entity: Any, what: str, ident: str) -> Any:
+    if entity is None:
+        raise NotFound(what, ident)
+    return entity
+
+
+def _put(catalog: Catalog, entity: Purpose | Scope | Partner) -> None:
+    if isinstance(entity, Purpose):
+        catalog.purposes[entity.id] = entity
+    elif isinstance(entity, Scope):
+        catalog.scopes[entity.id] = entity
+    else:
+        catalog.partners[entity.id] = entity
