@@ -21,6 +21,7 @@ from consent.adapters.memory_bus import InProcessBus
 from consent.adapters.nats_feed import NatsFeed
 from consent.adapters.nats_relay import Relay
 from consent.adapters.partner_health_store import HealthFlusher, PartnerHealthReader
+from consent.adapters.postgres import WriteBatcher
 from consent.adapters.receipt_keys import load_or_generate
 from consent.adapters.relay_process import RelayChild, relay_env
 from consent.adapters.sql_credentials import SqlCredentialStore
@@ -28,7 +29,6 @@ from consent.adapters.sql_pseudonyms import SqlPseudonyms
 from consent.adapters.sql_reads import SqlSubjectReader, load_catalog
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork, recorder_for
 from consent.adapters.subject_keys import SubjectKeys, forget_erased
-from consent.adapters.write_batcher import WriteBatcher
 from consent.adapters.write_cache import SubjectWriteCache
 from consent.api.auth import Authenticator
 from consent.api.idp_tokens import identity_provider

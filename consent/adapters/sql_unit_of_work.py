@@ -7,13 +7,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.adapters.database import Database
-from consent.adapters.postgres import PostgresRecorder
+from consent.adapters.postgres import PostgresRecorder, WriteBatcher
 from consent.adapters.sql_projections import SqlCatalog, SqlClaims, SqlIdempotency
 from consent.adapters.sql_recorder import SqlRecorder
 from consent.adapters.sqlite import SqliteRecorder
 from consent.adapters.subject_keys import WITHOUT_MASTER_KEY, SubjectKeys
 from consent.adapters.subject_repository import SubjectRepository
-from consent.adapters.write_batcher import WriteBatcher
 from consent.adapters.write_cache import SubjectWriteCache
 
 

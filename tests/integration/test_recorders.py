@@ -12,9 +12,9 @@ import pytest
 from consent.adapters.cipher import MasterKeys
 from consent.adapters.database import Database
 from consent.adapters.memory import MemoryStore, MemoryUnitOfWork
+from consent.adapters.postgres import WriteBatcher
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork
 from consent.adapters.subject_keys import SubjectKeys
-from consent.adapters.write_batcher import WriteBatcher
 from consent.adapters.write_cache import SubjectWriteCache
 from consent.app.ports import UnitOfWork
 from consent.domain.catalog import Scope

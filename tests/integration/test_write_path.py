@@ -18,8 +18,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from consent.adapters import migrate
 from consent.adapters.database import Database
 from consent.adapters.log_verify import verify_log
+from consent.adapters.postgres import WriteBatcher
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork
-from consent.adapters.write_batcher import WriteBatcher
 from consent.adapters.write_record import SubjectWrite
 from consent.api import fast_consents
 from consent.api.app import create_app
