@@ -25,6 +25,7 @@ from consent.adapters.postgres import WriteBatcher
 from consent.adapters.receipt_keys import load_or_generate
 from consent.adapters.relay_process import RelayChild, relay_env
 from consent.adapters.sql_credentials import SqlCredentialStore
+from consent.adapters.sql_privacy_center import SqlSessionStore
 from consent.adapters.sql_pseudonyms import SqlPseudonyms
 from consent.adapters.sql_reads import SqlSubjectReader, load_catalog
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork, recorder_for
@@ -37,6 +38,7 @@ from consent.app.catalog_service import CatalogService
 from consent.app.decisions import DecisionService
 from consent.app.partner_access import PartnerAccess
 from consent.app.ports import Clock, RecordedEvent
+from consent.app.privacy_center import PrivacyCenterSessions
 from consent.app.pseudonyms import PseudonymService
 from consent.app.rate_limit import RateLimiter
 from consent.app.read_model import SubjectCache
@@ -130,6 +132,9 @@ class Container:
         self.subject_service = SubjectService(unit_of_work, publisher, self.clock, catalog,
                                               pseudonym_key=pseudonym_key)
         self.audit_service = AuditService(unit_of_work, publisher, self.clock)
+        self.privacy_center = PrivacyCenterSessions(SqlSessionStore(self.database), self.clock,
+                                                    settings.privacy_center_link_ttl,
+                                                    settings.privacy_center_session_ttl)
         self.receipt_keys = load_or_generate(settings.receipt_keys)
         self.subject_service.receipts = receipts = ReceiptIssuer(self.receipt_keys, ReceiptSettings(
             issuer=settings.receipt_issuer or settings.event_source, controller_name=settings.controller_name,
@@ -266,6 +271,8 @@ def event_reach(container: Container) -> list[EventReach]:
         EventReach("write cache", None, update_write_cache),
         # Events from the feed may name a pairwise partner's pseudonym instead of the subject: unmasked first.
         EventReach("subject read model", apply_to_read_model, subjects.apply_from_feed),
+        # An erasure ends the subject's privacy center sessions (kept in the database: one replica suffices).
+        EventReach("privacy center sessions", container.privacy_center.on_events, None),
         # Revoked credentials and tokens stop working in every replica.
         EventReach("partner access", container.partner_access.on_events, container.partner_access.on_events),
         # A partner terminated here has its grants withdrawn at once; each replica also sweeps on its own

@@ -101,6 +101,11 @@ class Settings(Struct, frozen=True):
     access_log: bool = True
     # Seconds between flushes of this process's per-partner counts to the database (partner health); 0 = off.
     metrics_flush_interval: Interval = 5.0
+    # The privacy center (consent/api/privacy_center.py): how long an entry link and a browser session last,
+    # and who may frame its pages (the CSP `frame-ancestors` sources; 'none': no one).
+    privacy_center_link_ttl: Seconds = 300
+    privacy_center_session_ttl: Seconds = 1800
+    privacy_center_frame_ancestors: Text = "'none'"
 
     def __post_init__(self) -> None:
         for field in _FIELDS:

@@ -220,3 +220,22 @@ partner_health = sa.Table(
     sa.Column("n", sa.BigInteger(), nullable=False),
     sa.Index("ix_partner_health_bucket_start", "bucket_start"),  # pruning the oldest
 )
+
+# The privacy center (consent/app/privacy_center.py): single-use entry links and browser sessions, each
+# kept only as the SHA-256 of its random value, in the database so that every replica honours them.
+privacy_center_links = sa.Table(
+    "privacy_center_links", metadata,
+    sa.Column("code_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("subject_id", sa.String(200), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("used_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_privacy_center_links_expires_at", "expires_at"),  # pruning
+)
+
+privacy_center_sessions = sa.Table(
+    "privacy_center_sessions", metadata,
+    sa.Column("session_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("subject_id", sa.String(200), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_privacy_center_sessions_subject_id", "subject_id"),  # an erasure ends them all
+)

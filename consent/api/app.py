@@ -26,6 +26,7 @@ from consent.api.observability import observed
 from consent.api.openapi_doc import DocumentedOpenAPIConfig
 from consent.api.partner_access import CredentialController, authorization_server_metadata, revoke_token, token
 from consent.api.partner_health import PartnerHealthController
+from consent.api.privacy_center import PrivacyCenterController, SessionLinkController
 from consent.api.pseudonyms import subject_pseudonym
 from consent.api.receipts import ReceiptController, jwks
 from consent.api.subjects import SubjectController
@@ -74,7 +75,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         route_handlers=[health.live, health.ready, metrics, PurposeController, ScopeController, PartnerController,
                         SubjectController, CredentialController, token, revoke_token, audit, DecisionController,
                         PermissionController, subject_pseudonym, jwks, ReceiptController,
-                        authorization_server_metadata, index, PartnerHealthController],
+                        authorization_server_metadata, index, PartnerHealthController, SessionLinkController,
+                        PrivacyCenterController],
         dependencies={
             "principal": Provide(guards.principal),  # authenticated by the route's guard
             "catalogs": Provide(lambda: container.catalog_service, sync_to_thread=False),

@@ -58,6 +58,7 @@ OPERATION_IDS = {
     "POST /v1/subjects/{subject_id}/consents": "changeConsents",
     "GET /v1/subjects/{subject_id}/history": "getHistory",
     "POST /v1/subjects/{subject_id}/erase": "eraseSubject",
+    "POST /v1/subjects/{subject_id}/privacy-center/sessions": "createPrivacyCenterLink",
     "GET /v1/subjects/{subject_id}/export": "exportSubject",
     "GET /v1/subjects/{subject_id}/receipts/{event_id}": "getReceipt",
     "GET /v1/subjects/{subject_id}/pseudonyms/{partner_id}": "getPseudonym",

@@ -151,9 +151,12 @@ class SubjectService:
         await self.change_consents(subject_id, [], "gpc", None, actor, global_opt_out=True)
 
     async def subject_consents(self, subject_id: str) -> SubjectConsentsView:
+        return subject_view(await self.state(subject_id), self._clock.now())
+
+    async def state(self, subject_id: str) -> SubjectConsents:
+        """The subject's consents as the log has them now (the privacy center builds its page from them)."""
         async with self._unit_of_work() as uow:
-            state = await uow.subjects.load(subject_id)
-        return subject_view(state, self._clock.now())
+            return await uow.subjects.load(subject_id)
 
     async def history(self, subject_id: str, after: int, limit: int) -> HistoryView:
         async with self._unit_of_work() as uow:

@@ -37,6 +37,12 @@ class Duration(Struct, frozen=True):
             return datetime.max.replace(tzinfo=start.tzinfo)
 
 
+def duration_fields(text: str) -> dict[str, int] | None:
+    """Each field of a duration (years, months, weeks, days, hours, minutes, seconds), None if it does not parse."""
+    match = _DURATION.fullmatch(text)
+    return None if match is None else {name: int(n or 0) for name, n in match.groupdict().items()}
+
+
 @functools.lru_cache(maxsize=1024)  # retention strings are few and parsed on every decision
 def parse_duration(text: str) -> Duration:
     match = _DURATION.fullmatch(text)

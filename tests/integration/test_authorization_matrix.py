@@ -18,9 +18,9 @@ from consent.api.app import create_app
 from tests.conftest import ADMIN, USER_TOKEN_SECRET, user_headers
 from tests.integration.test_decisions_api import partner_headers, setup_catalog
 
-PUBLIC, ANY, ADMIN_ONLY, OWN_SUBJECT, PARTNER_OR_ADMIN, SELF_PARTNER = (
+PUBLIC, ANY, ADMIN_ONLY, OWN_SUBJECT, PARTNER_OR_ADMIN, SELF_PARTNER, SESSION = (
     "public", "any authenticated", "admin", "admin or the subject itself", "admin or a partner",
-    "admin or the partner itself")
+    "admin or the partner itself", "the subject's privacy center session (a cookie, no header)")
 
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/health/live"): PUBLIC,
@@ -59,6 +59,17 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/subjects/{subject_id:str}/permissions"): PARTNER_OR_ADMIN,
     ("POST", "/v1/decisions"): PARTNER_OR_ADMIN,
     ("POST", "/v1/decisions/batch"): PARTNER_OR_ADMIN,
+    ("POST", "/v1/subjects/{subject_id:str}/privacy-center/sessions"): OWN_SUBJECT,
+    # The privacy center's pages (tests/integration/test_privacy_center.py shows a session getting through).
+    ("GET", "/privacy-center/style.css"): PUBLIC,
+    ("GET", "/privacy-center/enter/{code:str}"): PUBLIC,  # the single-use code is the credential
+    ("GET", "/privacy-center"): SESSION,
+    ("POST", "/privacy-center"): SESSION,
+    ("POST", "/privacy-center/logout"): SESSION,
+    ("GET", "/privacy-center/receipts/{event_id:uuid}"): SESSION,
+    ("GET", "/privacy-center/export"): SESSION,
+    ("GET", "/privacy-center/erase"): SESSION,
+    ("POST", "/privacy-center/erase"): SESSION,
 }
 SCHEMA_PREFIX = "/schema"  # the OpenAPI document and its viewers: public, no data
 
@@ -72,6 +83,7 @@ ALLOWED = {
     OWN_SUBJECT: {"user", "admin"},
     PARTNER_OR_ADMIN: {"other partner", "partner", "admin"},
     SELF_PARTNER: {"partner", "admin"},
+    SESSION: set(),
 }
 BODIES = {
     "/v1/purposes/{purpose_id:str}": {"title": "M", "description": "d", "legal_basis": "consent",

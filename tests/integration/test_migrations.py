@@ -55,3 +55,21 @@ async def test_0009_partner_health_upgrades_and_downgrades(scratch_url):
     assert "partner_health" not in (await tables_and_diff(scratch_url))[0]
     await asyncio.to_thread(migrate.upgrade, scratch_url)
     assert "partner_health" in (await tables_and_diff(scratch_url))[0]
+
+
+async def test_0010_privacy_center_upgrades_and_downgrades(scratch_url):
+    await asyncio.to_thread(migrate.upgrade, scratch_url, "0009")
+    assert "privacy_center_sessions" not in (await tables_and_diff(scratch_url))[0]
+    await asyncio.to_thread(migrate.upgrade, scratch_url, "0010")
+    engine = create_async_engine(scratch_url)
+    try:
+        async with engine.begin() as conn:
+            indexes = await conn.run_sync(lambda c: sa.inspect(c).get_indexes("privacy_center_sessions"))
+            key = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("privacy_center_links"))
+    finally:
+        await engine.dispose()
+    assert key["constrained_columns"] == ["code_hash"]
+    assert [index["column_names"] for index in indexes] == [["subject_id"]]
+    await asyncio.to_thread(migrate.downgrade, scratch_url, "0009")
+    tables = (await tables_and_diff(scratch_url))[0]
+    assert not {"privacy_center_links", "privacy_center_sessions"} & tables and "partner_health" in tables
