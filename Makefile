@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-unit install install-dev lock openapi asyncapi bench clean
+.PHONY: run test test-unit install install-dev browser-deps lock openapi asyncapi bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,16 @@ lock: $(BIN)/python
 run: install
 	$(BIN)/consent serve --host $(HOST) --port $(PORT)
 
-test: install-dev
+# The browser tests drive Debian's chromium with chromium-driver (`.ci/run` installs them) and run axe-core,
+# fetched once from the npm registry into .cache/.
+AXE_VERSION := 4.14.1
+browser-deps: .cache/axe-core/axe.min.js
+.cache/axe-core/axe.min.js:
+	mkdir -p .cache/axe-core
+	cd .cache/axe-core && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null \
+		&& tar -xzf axe-core-$(AXE_VERSION).tgz --strip-components=1 package/axe.min.js
+
+test: install-dev browser-deps
 	$(BIN)/ruff check consent tests examples bench
 	$(BIN)/python -m pytest -q
 
@@ -48,4 +57,4 @@ bench: install-dev
 	$(BIN)/python bench/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache consent.db consent.db-wal consent.db-shm consent.db.master-key
+	rm -rf $(VENV) .pytest_cache .cache consent.db consent.db-wal consent.db-shm consent.db.master-key
