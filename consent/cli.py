@@ -14,7 +14,7 @@ from consent.logs import configure_logging, logging_config
 
 SHARED = ", ".join(env_variable(name) for name in SHARED_KEYS)
 # Commands that read an existing log: they need its database, migrated (never created by them).
-NEEDS_MIGRATED = {("audit", "verify"), ("projections", "rebuild"), ("keys", "rewrap")}
+NEEDS_MIGRATED = {("audit", "verify"), ("projections", "rebuild"), ("keys", "rewrap"), ("privacy-center-link", None)}
 
 
 def _version() -> str:
@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "Signs HS256 with CONSENT_USER_TOKEN_SECRET, as the platform's own login would.")
     token.add_argument("subject", metavar="SUBJECT", help="the subject id the token speaks for (its `sub`)")
     token.add_argument("--ttl", type=_at_least(1), default=3600, help="seconds until it expires (default: %(default)s)")
+    link = command("privacy-center-link", "print a single-use link to a subject's privacy center",
+                   "Stores the link in the database, as POST /v1/subjects/{id}/privacy-center/sessions does; "
+                   "valid for CONSENT_PRIVACY_CENTER_LINK_TTL seconds.")
+    link.add_argument("subject", metavar="SUBJECT", help="the subject whose page the link opens")
+    link.add_argument("--base", default=None,
+                      help="the server's address (default: CONSENT_PUBLIC_URL, else http://127.0.0.1:8000)")
     return parser
 
 
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.command, getattr(args, "action", None)) in NEEDS_MIGRATED:
         problem = asyncio.run(migrate.schema_problem(settings.database_url))
         if problem is not None:
-            print(f"consent {args.command} {args.action}: {problem}", file=sys.stderr)
+            words = " ".join(w for w in (args.command, getattr(args, "action", None)) if w)
+            print(f"consent {words}: {problem}", file=sys.stderr)
             return 1
 
     if args.command == "keys":
@@ -131,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "user-token":
         return _user_token(settings, args.subject, args.ttl)
+
+    if args.command == "privacy-center-link":
+        return asyncio.run(_privacy_center_link(settings, args.subject, args.base))
 
     if args.command == "db":
         if args.action == "upgrade":
@@ -189,6 +199,30 @@ def _user_token(settings: Settings, subject: str, ttl: int) -> int:
         return 1
     now = int(time.time())
     print(jwt.encode({"sub": subject, "iat": now, "exp": now + ttl}, settings.user_token_secret, algorithm="HS256"))
+    return 0
+
+
+async def _privacy_center_link(settings: Settings, subject: str, base: str | None) -> int:
+    from consent.adapters.database import Database
+    from consent.adapters.sql_privacy_center import SqlSessionStore
+    from consent.app.ports import SystemClock
+    from consent.app.privacy_center import PrivacyCenterSessions
+    from consent.domain.errors import DomainError
+    from consent.domain.ids import check_subject
+
+    try:
+        check_subject(subject)
+    except DomainError as error:
+        print(f"consent privacy-center-link: {error.detail}", file=sys.stderr)
+        return 2
+    database = Database(settings.database_url)
+    try:
+        sessions = PrivacyCenterSessions(SqlSessionStore(database), SystemClock(), settings.privacy_center_link_ttl,
+                                         settings.privacy_center_session_ttl)
+        link = await sessions.new_link(subject)
+    finally:
+        await database.dispose()
+    print(f"{(base or settings.public_url or 'http://127.0.0.1:8000').rstrip('/')}/privacy-center/enter/{link.code}")
     return 0
 
 

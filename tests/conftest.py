@@ -167,11 +167,19 @@ NATS_URL = os.environ.get("CONSENT_TEST_NATS_URL", "nats://127.0.0.1:4222")
 @pytest.fixture
 async def nats_names() -> AsyncIterator[tuple[str, str]]:
     """A stream name and subject prefix of this test's own, deleted afterwards."""
+    stream, prefix = new_nats_names()
+    yield stream, prefix
+    await delete_nats_stream(stream)
+
+
+def new_nats_names() -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    return f"CONSENT_T{tag}", f"t{tag}.consent.v1"
+
+
+async def delete_nats_stream(stream: str) -> None:
     import nats
 
-    tag = uuid.uuid4().hex[:10]
-    stream, prefix = f"CONSENT_T{tag}", f"t{tag}.consent.v1"
-    yield stream, prefix
     nc = await nats.connect(NATS_URL)
     try:
         await nc.jetstream().delete_stream(stream)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from consent.adapters import migrate
 from consent.api.app import create_app
 from consent.config import Settings, SettingsError
 from tests.conftest import (
@@ -112,7 +113,8 @@ def test_serve_refuses_several_workers_without_postgresql_and_nats(tmp_path, pos
     assert without_nats.returncode == 2 and "CONSENT_NATS_URL" in without_nats.stderr, tail(without_nats.stderr)
 
 
-@pytest.mark.parametrize("command", [["audit", "verify"], ["projections", "rebuild"], ["keys", "rewrap"]])
+@pytest.mark.parametrize("command", [["audit", "verify"], ["projections", "rebuild"], ["keys", "rewrap"],
+                                     ["privacy-center-link", "ann"]])
 def test_a_command_on_a_missing_embedded_database_says_so_and_creates_nothing(tmp_path, command):
     done = consent(*command, cwd=tmp_path)
     assert done.returncode == 1, tail(done.stderr)
@@ -174,3 +176,19 @@ async def test_ephemeral_keys_allowed_explicitly_start_with_a_warning(tmp_path, 
         service.wait(timeout=15)
     warning = next((line for line in log.read_text().splitlines() if "CONSENT_ALLOW_EPHEMERAL_KEYS" in line), "")
     assert all(name in warning for name in SHARED), tail(log.read_text())
+
+
+async def test_privacy_center_link_prints_a_link_the_server_opens_once(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/consent.db"
+    await asyncio.to_thread(migrate.upgrade, url)
+    printed = consent("privacy-center-link", "ann", cwd=tmp_path, CONSENT_DATABASE_URL=url,
+                      CONSENT_PUBLIC_URL="https://consent.example")
+    assert printed.returncode == 0, tail(printed.stderr)
+    link = printed.stdout.strip()
+    assert link.startswith("https://consent.example/privacy-center/enter/")
+    async with AsyncTestClient(create_app(Settings(database_url=url, admin_keys=(ADMIN_KEY,)))) as client:
+        path = link.removeprefix("https://consent.example")
+        assert (await client.get(path, follow_redirects=False)).status_code == 303
+        assert (await client.get(path, follow_redirects=False)).status_code == 410
+    refused = consent("privacy-center-link", "x" * 129, cwd=tmp_path, CONSENT_DATABASE_URL=url)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr

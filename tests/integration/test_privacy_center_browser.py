@@ -30,7 +30,9 @@ from tests.conftest import (
     SHARED_KEYS_ENV,
     USER_TOKEN_SECRET,
     create_postgres_database,
+    delete_nats_stream,
     drop_postgres_database,
+    new_nats_names,
     user_headers,
 )
 from tests.integration.test_readme_tour import free_port
@@ -62,14 +64,15 @@ def served(request, tmp_path_factory) -> Iterator[str]:
     legitimate-interest purpose and a legal obligation."""
     env = {**os.environ, **SHARED_KEYS_ENV, "CONSENT_ADMIN_KEYS": ADMIN_KEY, "CONSENT_LOG_FORMAT": "text",
            "CONSENT_USER_TOKEN_SECRET": USER_TOKEN_SECRET}
-    database = None
+    database, stream = None, None
     if request.param == "embedded":
         env["CONSENT_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('pc')}/c.db"
     else:
         database = asyncio.run(create_postgres_database())
         migrate.upgrade(database)
-        env.update(CONSENT_DATABASE_URL=database, CONSENT_NATS_URL=NATS_URL,
-                   CONSENT_NATS_STREAM=f"PC{os.getpid()}", CONSENT_NATS_SUBJECT_PREFIX=f"pc{os.getpid()}")
+        stream, prefix = new_nats_names()
+        env.update(CONSENT_DATABASE_URL=database, CONSENT_NATS_URL=NATS_URL, CONSENT_NATS_STREAM=stream,
+                   CONSENT_NATS_SUBJECT_PREFIX=prefix)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "consent.cli", "serve", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,6 +94,7 @@ def served(request, tmp_path_factory) -> Iterator[str]:
         server.wait(timeout=15)
         if database is not None:
             asyncio.run(drop_postgres_database(database))
+            asyncio.run(delete_nats_stream(stream))
 
 
 def browser(language: str = "en") -> WebDriver:

@@ -77,3 +77,5 @@ def test_the_tour_runs_as_pasted_and_answers_as_it_says(served):
     decisions = re.findall(r'"decision":"(\w+)"', output)
     assert decisions == ["partial", "deny"], decisions  # before and after the withdrawal
     assert "scope_not_approved" in output and '"receipts":[{' in output
+    (link,) = re.findall(r"http://\S+/privacy-center/enter/[\w-]+", output)
+    assert httpx.get(link).status_code == 303, link  # the link opens the user's page, once
