@@ -6,6 +6,7 @@ from typing import Any
 
 RUNS = ("ceiling", "decisions", "latency", "batch", "writes", "baseline")
 EXTRA_RUNS = ("lag", "propagation", "scale")  # only when named in --only
+SERVER_EXTRAS = ("privacy",)  # on the main server, after the seeding; only when named in --only
 TARGETS = {
     "decisions_vs_ceiling": 0.7,     # single decisions / GET /health/live, same connections
     "decision_p99_ms": 5.0,          # at --latency-connections (8)

@@ -56,7 +56,7 @@ import sys
 import time
 from pathlib import Path
 
-from consentbench.checks import EXTRA_RUNS, RUNS, TARGETS, verdicts
+from consentbench.checks import EXTRA_RUNS, RUNS, SERVER_EXTRAS, TARGETS, verdicts
 from consentbench.default_runs import main_part
 from consentbench.figures import log
 from consentbench.harness import Bench
@@ -93,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-seed", action="store_true", help="with --url: subjects were seeded by an earlier run "
                                                                  "with the same --subjects and --subject-prefix")
     parser.add_argument("--only", default=",".join(RUNS),
-                        help=f"comma list of runs among {', '.join(RUNS)} (the default), and {', '.join(EXTRA_RUNS)} "
+                        help=f"comma list of runs among {', '.join(RUNS)} (the default), and "
+                             f"{', '.join(SERVER_EXTRAS + EXTRA_RUNS)} "
                              f"(only when named)")
     parser.add_argument("--nats", default="nats://127.0.0.1:4222",
                         help="NATS server with JetStream for lag and propagation (default %(default)s); each run "
@@ -123,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="scale run: leave the seeded log uncheckpointed (the first server then catches up)")
     parser.add_argument("--scale-chunk", type=int, default=20_000,
                         help="subjects a COPY in the scale run's seeder (default %(default)s)")
+    parser.add_argument("--privacy-pages", type=int, default=500,
+                        help="privacy run: sequential pages measured (default %(default)s)")
     parser.add_argument("--sample", type=int, default=300, help="single decisions sampled over HTTP to show the "
                                                                 "answer mix (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the workload (default %(default)s)")
@@ -142,9 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(RUNS) - set(EXTRA_RUNS))
+    unknown = sorted(set(only) - set(RUNS) - set(SERVER_EXTRAS) - set(EXTRA_RUNS))
     if unknown:
-        parser.error(f"--only: unknown runs {', '.join(unknown)}; choose among {', '.join(RUNS + EXTRA_RUNS)}")
+        parser.error(f"--only: unknown runs {', '.join(unknown)}; "
+                     f"choose among {', '.join(RUNS + SERVER_EXTRAS + EXTRA_RUNS)}")
     args.only = only
     if args.url and set(only) & set(EXTRA_RUNS):
         parser.error(f"--only {', '.join(x for x in EXTRA_RUNS if x in only)}: these runs start their own servers, "
@@ -178,7 +182,7 @@ async def run(bench: Bench) -> None:
     """The runs named in --only, in order: the default ones, then lag, propagation, scale."""
     wanted = set(bench.args.only)
     try:
-        if wanted & set(RUNS):
+        if wanted & set(RUNS + SERVER_EXTRAS):
             await main_part(bench, wanted)
         for name, method in (("lag", lag_run), ("propagation", propagation_run), ("scale", scale_run)):
             if name in wanted:

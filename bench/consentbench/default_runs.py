@@ -12,6 +12,7 @@ from consentbench.figures import log
 from consentbench.harness import Bench
 from consentbench.lua import lua_batch, lua_ceiling, lua_decisions, lua_writes
 from consentbench.machine import listening_pid
+from consentbench.privacy import privacy_run
 from consentbench.seed import partner_token, position, revoke_credential, seed_catalog, seed_subjects, warm_and_sample
 from consentbench.wrk_runs import run_wrk, wait_quiet
 
@@ -94,6 +95,10 @@ async def main_runs(bench: Bench, client: httpx.AsyncClient, wanted: set[str]) -
         result["events_appended"] = after - before
         result["in_flight_at_stop"] = args.write_connections * (2 if args.warmup > 0 else 1)
         runs["writes"] = result
+    if "privacy" in wanted:
+        log(f"run privacy: the privacy center page, then decisions at {args.latency_connections} connections "
+            f"alone and beside pages")
+        await privacy_run(bench, client)
     if "baseline" in wanted:
         log(f"run baseline: raw asyncpg, {args.baseline_connections} connections, insert + upsert a "
             f"transaction, {args.duration} s")

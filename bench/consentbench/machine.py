@@ -75,3 +75,11 @@ def process_rss_mb(pid: int | None) -> float | None:
             if line.startswith("VmRSS:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return None
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU a process has used so far (/proc/PID/stat), None when it cannot be read."""
+    with contextlib.suppress(OSError, ValueError, TypeError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None

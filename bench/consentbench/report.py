@@ -9,6 +9,7 @@ from typing import Any
 from consentbench.checks import RUNS, verdicts
 from consentbench.figures import fmt
 from consentbench.harness import Bench
+from consentbench.privacy import privacy_lines
 from consentbench.workload import PARTNER
 
 
@@ -37,6 +38,8 @@ def extra_sections(bench: Bench) -> list[str]:
     args = bench.args
     runs = bench.results.get("runs", {})
     lines: list[str] = []
+    if "privacy" in runs:
+        lines += privacy_lines(runs["privacy"], args.latency_connections)
     if "lag" in runs:
         r = runs["lag"]
         errors = r["non_2xx"] + r["socket_errors"]
