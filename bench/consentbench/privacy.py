@@ -48,11 +48,15 @@ async def privacy_run(bench: Bench, client: httpx.AsyncClient) -> None:
     session = {"Cookie": f"consent_privacy_center={entered.cookies.get('consent_privacy_center')}"}
     client.cookies.clear()
 
+    switches: list[int] = []
+
     async def page() -> float:
         started = time.perf_counter()
         answer = await client.get("/privacy-center", headers=session)
-        assert answer.status_code == 200 and answer.text.count('type="checkbox"') == 60, answer.status_code
-        return (time.perf_counter() - started) * 1000
+        elapsed = (time.perf_counter() - started) * 1000
+        assert answer.status_code == 200, answer.status_code
+        switches.append(answer.text.count('type="checkbox"'))  # 60 of its purposes, and the bench catalog's
+        return elapsed
 
     for _ in range(20):  # warm-up
         await page()
@@ -61,7 +65,8 @@ async def privacy_run(bench: Bench, client: httpx.AsyncClient) -> None:
     times = sorted([await page() for _ in range(pages)])
     cpu_after = process_cpu_seconds(bench.server_pid)
     result: dict[str, Any] = {
-        "pages": pages, "page_p50_ms": percentile(times, 50), "page_p99_ms": percentile(times, 99),
+        "pages": pages, "switches": switches[-1],
+        "page_p50_ms": percentile(times, 50), "page_p99_ms": percentile(times, 99),
         "page_server_cpu_ms": (cpu_after - cpu_before) * 1000 / pages
         if cpu_before is not None and cpu_after is not None else None}
     log(f"  page of a subject with 50 consents: p50 {result['page_p50_ms']:.2f} ms, "
@@ -99,7 +104,8 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
 def privacy_lines(result: dict[str, Any], latency_connections: int) -> list[str]:
     alone, beside = result["decisions_alone"], result["decisions_with_pages"]
     cpu = result.get("page_server_cpu_ms")
-    return ["", "privacy center (privacy): a subject with 50 consents (12 purposes x 4 partners, 60 switches)",
+    return ["", f"privacy center (privacy): a subject with 50 consents (among 12 purposes x 4 partners), "
+                f"{result['switches']} switches on its page",
             f"  page: p50 {result['page_p50_ms']:.2f} ms, p99 {result['page_p99_ms']:.2f} ms over "
             f"{result['pages']} sequential GET /privacy-center"
             + (f"; server CPU {cpu:.2f} ms a page" if cpu is not None else ""),

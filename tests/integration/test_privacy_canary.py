@@ -103,6 +103,20 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
         assert (await client.get(f"/v1/subjects/{SUBJECT}/history", headers=ADMIN)).status_code == 200
         assert (await client.get(f"/v1/subjects/{SUBJECT}/export", headers=user)).status_code == 200
         assert (await client.get("/v1/audit", headers=ADMIN)).status_code == 200
+        # The subject's privacy center: link, page, a save, a receipt, the export (its code and cookie are secrets).
+        link = (await client.post(f"/v1/subjects/{SUBJECT}/privacy-center/sessions", headers=user)).json()["url"]
+        entered = await client.get(link, follow_redirects=False)
+        session_token = entered.cookies["consent_privacy_center"]
+        page = await client.get("/privacy-center")
+        assert page.status_code == 200 and SUBJECT not in page.text
+        csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+        saved = await client.post("/privacy-center", data={"csrf": csrf, "shown": "marketing:acme"},  # switched off
+                                  follow_redirects=False)
+        assert saved.status_code == 303
+        event_id = (await client.get("/privacy-center")).text.split('data-event-id="')[1].split('"')[0]
+        assert (await client.get(f"/privacy-center/receipts/{event_id}")).status_code == 200
+        assert (await client.get("/privacy-center/export")).status_code == 200
+        client.cookies.clear()
         refused = await client.post(f"/v1/subjects/{SUBJECT}/consents", headers=user, json={
             "changes": [{"purpose": EMAIL, "action": "grant"}], "evidence": {"ip_address": IP}})
         assert refused.status_code == 422
@@ -111,10 +125,10 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
         assert EMAIL not in after and IP not in after and "[erased]" in after
 
         metrics = (await client.get("/metrics")).text
-        messages = await stream_messages(stream, prefix, expected=5)
+        messages = await stream_messages(stream, prefix, expected=6)
 
     secrets = (credential["client_secret"], issued["access_token"], user["Authorization"].split()[1],
-               ADMIN_KEY, MASTER_KEY, PSEUDONYM_KEY)
+               ADMIN_KEY, MASTER_KEY, PSEUDONYM_KEY, link.rsplit("/", 1)[1], session_token)
     personal = (SUBJECT, EMAIL, IP, AGENT, NOTE)
 
     # The pseudonym was a path parameter (its permissions): no log line names it either.
@@ -122,12 +136,13 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
     assert log_lines and not leaking, leaking[:3]
     access = " ".join(line for line in log_lines if line.startswith(ACCESS_LOGGER))
     assert "/v1/subjects/{subject_id}/permissions" in access and "/v1/subjects/{subject_id}/erase" in access
+    assert "/privacy-center/enter/{code}" in access and "/privacy-center/receipts/{event_id}" in access
     assert not any(canary in metrics for canary in (*personal, *secrets, pseudonym))
     assert 'consent_partner_decisions_total{outcome="permit",partner="acme"} 2.0' in metrics  # the batch's too
     assert 'route="/v1/subjects/{subject_id}/history"' in metrics
 
     by_type = {message.subject.removeprefix(prefix + "."): message.data.decode() for message in messages}
-    assert set(by_type) >= {"subject.granted.marketing.acme", "subject.erased._._"}
+    assert set(by_type) >= {"subject.granted.marketing.acme", "subject.withdrawn.marketing.acme", "subject.erased._._"}
     for subject, payload in by_type.items():
         assert not any(canary in payload for canary in (EMAIL, IP, AGENT, NOTE, *secrets)), subject
         # The subject's own id only where the contract addresses the subject itself, never with the partner.
