@@ -9,6 +9,7 @@ from typing import Any
 
 import jinja2
 from litestar import Response
+from markupsafe import Markup, escape
 
 from consent.app.privacy_page import PurposeBlock
 from consent.app.views import HistoryEvent
@@ -73,8 +74,22 @@ def blocks_in_words(blocks: list[PurposeBlock], t: dict, controller: str) -> lis
                           else t["allow"].format(who=who, purpose=purpose.title)),
                 "uses": t["partner_uses"].format(partner=who, scopes=uses) if uses else ""})
         shown.append({"id": purpose.id, "title": purpose.title, "description": purpose.description, "facts": facts,
-                      "information": block.control == "information", "switches": switches})
+                      "information": block.control == "information",
+                      "switches": Markup("").join(_switch_html(purpose.id, s) for s in switches)})
     return shown
+
+
+def _switch_html(purpose_id: str, s: dict[str, Any]) -> Markup:
+    """One switch: built here rather than in the template, where its dozen escaped values made up most of a
+    page's rendering time (60 switches: about 1 ms). Every value goes through `escape`."""
+    key, ident, state = escape(s["key"]), escape(s["id"]), escape(s["state"])
+    uses = f" · {escape(s['uses'])}" if s["uses"] else ""
+    return Markup(
+        f'<div class="switch">\n<input type="hidden" name="shown" value="{key}">\n'
+        f'<input type="checkbox" id="{ident}" name="choice" value="{key}" data-purpose="{escape(purpose_id)}" '
+        f'data-partner="{escape(s["partner"])}" aria-describedby="{ident}-state"{" checked" if s["checked"] else ""}>\n'
+        f'<label for="{ident}">{escape(s["label"])}</label>\n'
+        f'<p id="{ident}-state" class="state state-{state}">{escape(s["state_text"])}{uses}</p>\n</div>\n')
 
 
 _ERASED = SubjectErased.__struct_config__.tag
