@@ -87,10 +87,12 @@ async def privacy_run(bench: Bench, client: httpx.AsyncClient) -> None:
         return served
 
     loader = asyncio.create_task(load_pages())
+    wait_quiet, args.wait_quiet = args.wait_quiet, 0  # the pages are this run's other load: never a reason to repeat
     try:
         beside = await run_wrk(bench, "privacy-decisions-with-pages", lua_decisions(args, token), "/v1/decisions",
                                args.latency_connections)
     finally:
+        args.wait_quiet = wait_quiet
         stop.set()
         served = await loader
     result.update(decisions_alone=_summary(alone), decisions_with_pages=_summary(beside), pages_beside=served)
@@ -98,7 +100,11 @@ async def privacy_run(bench: Bench, client: httpx.AsyncClient) -> None:
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
-    return {key: run.get(key) for key in ("rps", "p50_ms", "p99_ms", "non_2xx", "socket_errors")}
+    summary = {key: run.get(key) for key in ("rps", "p50_ms", "p99_ms", "non_2xx", "socket_errors", "seconds")}
+    cpu = run.get("cpu", {})
+    summary["server_core_pct"] = cpu.get("server_core_pct")
+    summary["load_core_pct"] = (cpu.get("wrk_core_pct") or 0) + (cpu.get("other_core_pct") or 0)
+    return summary
 
 
 def privacy_lines(result: dict[str, Any], latency_connections: int) -> list[str]:
@@ -110,6 +116,9 @@ def privacy_lines(result: dict[str, Any], latency_connections: int) -> list[str]
             f"{result['pages']} sequential GET /privacy-center"
             + (f"; server CPU {cpu:.2f} ms a page" if cpu is not None else ""),
             f"  decisions at {latency_connections} connections alone: {alone['rps']:,.0f} req/s, "
-            f"p50 {alone['p50_ms']:.2f} ms, p99 {alone['p99_ms']:.2f} ms",
-            f"  the same while {PAGES_PER_SECOND} pages/s are served ({result['pages_beside']} pages): "
-            f"{beside['rps']:,.0f} req/s, p50 {beside['p50_ms']:.2f} ms, p99 {beside['p99_ms']:.2f} ms"]
+            f"p50 {alone['p50_ms']:.2f} ms, p99 {alone['p99_ms']:.2f} ms; server {alone['server_core_pct']}% "
+            f"of a core, load generators {alone['load_core_pct']:.0f}%",
+            f"  the same while pages are loaded at up to {PAGES_PER_SECOND}/s ({result['pages_beside']} pages): "
+            f"{beside['rps']:,.0f} req/s, p50 {beside['p50_ms']:.2f} ms, p99 {beside['p99_ms']:.2f} ms; server "
+            f"{beside['server_core_pct']}% of a core, load generators (wrk and this process) "
+            f"{beside['load_core_pct']:.0f}%"]

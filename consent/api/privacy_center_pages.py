@@ -64,8 +64,12 @@ def blocks_in_words(blocks: list[PurposeBlock], t: dict, controller: str) -> lis
         switches = []
         for switch in block.switches:
             who = switch.partner_name or t["first_party"].format(controller=controller)
-            state_text = (t["state.granted_until"].format(date=switch.expires_at.date().isoformat())
-                          if switch.state == "granted" and switch.expires_at else t[f"state.{switch.state}"])
+            if block.control == "objection" and switch.state != "objected":
+                state_text = t["state.not_objected"]  # granted (an objection lifted) or nothing recorded
+            elif switch.state == "granted" and switch.expires_at:
+                state_text = t["state.granted_until"].format(date=switch.expires_at.date().isoformat())
+            else:
+                state_text = t[f"state.{switch.state}"]
             uses = ", ".join(f"{s.title} ({t['sensitivity.' + s.sensitivity]})" for s in switch.scopes)
             switches.append({
                 "key": switch.key, "partner": switch.partner, "id": f"choice-{purpose.id}-{switch.partner}",
