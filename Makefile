@@ -49,6 +49,7 @@ test-unit: install-dev
 
 openapi: install
 	$(BIN)/python -m consent.api.openapi_export > openapi/openapi.json
+	$(BIN)/python -m consent.api.openapi_export catalog > openapi/catalog.schema.json
 
 asyncapi: install
 	$(BIN)/python -m consent.adapters.asyncapi > openapi/asyncapi.yaml

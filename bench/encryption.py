@@ -27,20 +27,19 @@ import os
 import statistics
 import sys
 import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import msgspec
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consent.adapters import migrate, sql_recorder, subject_repository  # noqa: E402
+from scratch import scratch_database  # noqa: E402  (bench/, this script's folder)
+
+from consent.adapters import sql_recorder, subject_repository  # noqa: E402
 from consent.adapters.cipher import MasterKeys, new_data_key  # noqa: E402
-from consent.adapters.database import Database  # noqa: E402
 from consent.adapters.memory_bus import InProcessBus  # noqa: E402
 from consent.adapters.sql_reads import SUBJECT_STATE  # noqa: E402
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork  # noqa: E402
@@ -90,14 +89,7 @@ async def timed_writes(service: SubjectService, subject_ids: list[str]) -> tuple
 
 
 async def run(args: argparse.Namespace) -> None:
-    parts = urllib.parse.urlsplit(args.postgres)
-    name = f"consent_bench_keys_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.postgres)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = urllib.parse.urlunsplit(("postgresql+asyncpg", parts.netloc, "/" + name, parts.query, ""))
-    database = Database(url)
-    try:
-        await asyncio.to_thread(migrate.upgrade, url)
+    async with scratch_database(args.postgres, "consent_bench_keys") as (_, database):
         keys = SubjectKeys(MasterKeys(os.urandom(32)))
         unit_of_work = functools.partial(SqlUnitOfWork, database, keys=keys)
         publisher, catalog = Publisher(InProcessBus()), cat.Catalog()
@@ -149,10 +141,6 @@ async def run(args: argparse.Namespace) -> None:
                   f"{(statistics.median(sealed) / statistics.median(plain) - 1) * 100:+.1f} % | "
                   f"{statistics.median(paired):+.1f} % ({min(paired):+.1f}, {max(paired):+.1f}) | "
                   f"{cpu[0]:,.0f} → {cpu[1]:,.0f} ({(cpu[1] / cpu[0] - 1) * 100:+.1f} %) |")
-    finally:
-        await database.dispose()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

@@ -16,16 +16,12 @@ import cProfile
 import functools
 import pstats
 import sys
-import urllib.parse
-import uuid
 from pathlib import Path
-
-import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consent.adapters import migrate  # noqa: E402
-from consent.adapters.database import Database  # noqa: E402
+from scratch import scratch_database  # noqa: E402  (bench/, this script's folder)
+
 from consent.adapters.memory_bus import InProcessBus  # noqa: E402
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork  # noqa: E402
 from consent.app.catalog_service import CatalogService  # noqa: E402
@@ -39,14 +35,7 @@ GRANT = [Change(purpose="marketing", action="grant")]
 
 
 async def run(args: argparse.Namespace) -> None:
-    parts = urllib.parse.urlsplit(args.postgres)
-    name = f"consent_profile_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.postgres)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = urllib.parse.urlunsplit(("postgresql+asyncpg", parts.netloc, "/" + name, parts.query, ""))
-    database = Database(url)
-    try:
-        await asyncio.to_thread(migrate.upgrade, url)
+    async with scratch_database(args.postgres, "consent_profile") as (_, database):
         unit_of_work = functools.partial(SqlUnitOfWork, database)
         publisher, catalog = Publisher(InProcessBus()), cat.Catalog()
         catalogs = CatalogService(unit_of_work, publisher, SystemClock(), catalog)
@@ -66,10 +55,6 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{args.rounds * args.writes} writes: {stats.total_calls:,} function calls, "
               f"{stats.total_tt:.3f} s")
         stats.sort_stats("tottime").print_stats(args.top)
-    finally:
-        await database.dispose()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from consent.adapters.postgres import WriteBatcher
 from consent.adapters.receipt_keys import load_or_generate
 from consent.adapters.relay_process import RelayChild, relay_env
 from consent.adapters.sql_credentials import SqlCredentialStore
+from consent.adapters.sql_impact import SqlImpact
 from consent.adapters.sql_privacy_center import SqlSessionStore
 from consent.adapters.sql_pseudonyms import SqlPseudonyms
 from consent.adapters.sql_reads import SqlSubjectReader, load_catalog
@@ -34,8 +35,9 @@ from consent.adapters.write_cache import SubjectWriteCache
 from consent.api.auth import Authenticator
 from consent.api.idp_tokens import identity_provider
 from consent.app.audit import AuditService
+from consent.app.catalog_documents import CatalogDocuments
 from consent.app.catalog_service import CatalogService
-from consent.app.decisions import DecisionService
+from consent.app.decisions import DecisionService, Past
 from consent.app.partner_access import PartnerAccess
 from consent.app.ports import Clock, RecordedEvent
 from consent.app.privacy_center import PrivacyCenterSessions
@@ -132,6 +134,8 @@ class Container:
         self.subject_service = SubjectService(unit_of_work, publisher, self.clock, catalog,
                                               pseudonym_key=pseudonym_key)
         self.audit_service = AuditService(unit_of_work, publisher, self.clock)
+        self.catalog_documents = CatalogDocuments(unit_of_work, self.catalog_service, SqlImpact(self.database),
+                                                  self.clock, pseudonym_key=pseudonym_key)
         self.privacy_center = PrivacyCenterSessions(SqlSessionStore(self.database), self.clock,
                                                     settings.privacy_center_link_ttl,
                                                     settings.privacy_center_session_ttl)
@@ -147,7 +151,8 @@ class Container:
                                            lambda: catalog, subjects)
         await subjects.start()
         self.decisions = DecisionService(subjects, lambda: catalog, self.clock,
-                                         sandbox_prefix=settings.sandbox_subject_prefix, telemetry=self.telemetry)
+                                         sandbox_prefix=settings.sandbox_subject_prefix, telemetry=self.telemetry,
+                                         past=Past(self.subject_service.state_at, self.catalog_service.catalog_at))
         signing_key = settings.token_signing_key
         if signing_key is None:
             signing_key = secrets.token_urlsafe(32)

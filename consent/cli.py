@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from consent import cli_keys
+from consent import cli_catalog, cli_keys
 from consent.adapters import migrate
 from consent.config import SHARED_KEYS, Settings, SettingsError
 from consent.config_fields import env_variable
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Signs HS256 with CONSENT_USER_TOKEN_SECRET, as the platform's own login would.")
     token.add_argument("subject", metavar="SUBJECT", help="the subject id the token speaks for (its `sub`)")
     token.add_argument("--ttl", type=_at_least(1), default=3600, help="seconds until it expires (default: %(default)s)")
+    cli_catalog.add_commands(commands)
     link = command("privacy-center-link", "print a single-use link to a subject's privacy center",
                    "Stores the link in the database, as POST /v1/subjects/{id}/privacy-center/sessions does; "
                    "valid for CONSENT_PRIVACY_CENTER_LINK_TTL seconds.")
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_keys.init(args.format, args.write)
     if args.command == "keys" and args.action == "new-receipt-key":
         return cli_keys.new_receipt_key(args.file)
+    if args.command == "catalog":  # a client of a running server: no setting of its own
+        return cli_catalog.run(args)
     try:
         settings = Settings.from_env()
     except SettingsError as error:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
@@ -61,6 +63,19 @@ class FakeClock:
 def user_headers(subject_id: str, ttl: int = 300, secret: str = USER_TOKEN_SECRET) -> dict[str, str]:
     token = jwt.encode({"sub": subject_id, "exp": int(time.time()) + ttl}, secret, algorithm="HS256")
     return {"Authorization": f"Bearer {token}"}
+
+
+def wait_ready(base: str, server: subprocess.Popen, timeout: float = 30) -> None:
+    """Until a started `consent serve` answers /health/ready with 200; fails if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/health/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.2)
 
 
 def tail(output: str, lines: int = 20) -> str:

@@ -172,6 +172,9 @@ class MemoryCatalog:
         assert kind in CATALOG_STREAMS
         return self._store.catalog.get(stream_of(kind, ident), (None, 0))
 
+    async def head_position(self) -> int:
+        return max((self._store.streams[stream_id][-1] for stream_id in self._store.catalog), default=0)
+
     async def save(self, stream_id: str, expected_version: int, new_events: list[Event],
                    entity: Purpose | Scope | Partner, actor: str) -> list[RecordedEvent]:
         recorded = await self._recorder.append(stream_id, expected_version, new_events, actor)

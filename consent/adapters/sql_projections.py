@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from consent.adapters.recorder import Recorder
 from consent.adapters.sql_reads import load_catalog
 from consent.adapters.sql_rows import CATALOG_TABLES, catalog_row
-from consent.adapters.tables import consents, idempotency_keys, partners
+from consent.adapters.tables import consents, events, idempotency_keys, partners
 from consent.app.ports import RecordedEvent
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import idempotency_key_in_flight
@@ -35,6 +35,17 @@ class SqlCatalog:
         conn = await self._unit.connection()
         row = (await conn.execute(sa.select(table).where(table.c.id == ident))).mappings().first()
         return (from_row(row), row["stream_version"]) if row else (None, 0)
+
+    async def head_position(self) -> int:
+        """The position of the catalog's latest event: each entity's stream is at its row's stream_version,
+        so it is one indexed lookup in the log per entity (a catalog holds hundreds, not millions)."""
+        heads = sa.union_all(*(
+            sa.select((sa.literal(f"{kind}:") + table.c.id).label("stream_id"), table.c.stream_version)
+            for kind, (table, _) in CATALOG_TABLES.items())).subquery()
+        query = (sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0))
+                 .join_from(heads, events, sa.and_(events.c.stream_id == heads.c.stream_id,
+                                                   events.c.stream_version == heads.c.stream_version)))
+        return (await (await self._unit.connection()).execute(query)).scalar_one()
 
     async def save(self, stream_id: str, expected_version: int, new_events: list[Event],
                    entity: Purpose | Scope | Partner, actor: str) -> list[RecordedEvent]:

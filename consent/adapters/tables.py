@@ -106,6 +106,11 @@ consents = sa.Table(
     sa.Index("ix_consents_due", "expires_at", postgresql_where=sa.text("status = 'granted'"),
              sqlite_where=sa.text("status = 'granted'")),
     sa.Index("ix_consents_partner_id", "partner_id"),
+    # For the impact of a catalog change (consent/adapters/sql_impact.py): active grants of a purpose by the
+    # version they were given to, answered from the index alone on PostgreSQL.
+    sa.Index("ix_consents_granted_purpose", "purpose_id", "purpose_version",
+             postgresql_where=sa.text("status = 'granted'"), sqlite_where=sa.text("status = 'granted'"),
+             postgresql_include=["subject_id", "partner_id", "expires_at"]),
 )
 
 purposes = sa.Table(

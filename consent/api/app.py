@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecuritySch
 from consent.api import guards, health
 from consent.api.audit import audit
 from consent.api.catalog import PartnerController, PurposeController, ScopeController
+from consent.api.catalog_code import apply_catalog, export_catalog, plan_catalog
 from consent.api.cors import cors_config
 from consent.api.decisions import DecisionController, PermissionController
 from consent.api.errors import problem_details_plugin
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                         SubjectController, CredentialController, token, revoke_token, audit, DecisionController,
                         PermissionController, subject_pseudonym, jwks, ReceiptController,
                         authorization_server_metadata, index, PartnerHealthController, SessionLinkController,
-                        PrivacyCenterController],
+                        PrivacyCenterController, export_catalog, plan_catalog, apply_catalog],
         dependencies={
             "principal": Provide(guards.principal),  # authenticated by the route's guard
             "catalogs": Provide(lambda: container.catalog_service, sync_to_thread=False),

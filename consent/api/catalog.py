@@ -10,12 +10,13 @@ from consent.api.deps import Caller, Catalogs
 from consent.api.errors import ERRORS, created
 from consent.api.guards import admin, any_caller, own_partner_or_admin
 from consent.api.schemas import PartnerIn, PurposeIn, ScopeIn
+from consent.api.time_travel import At, past_moment
 from consent.app.catalog_service import CatalogService, Written
 from consent.app.views import PartnerView, PurposeView, ScopeView, partner_view, purpose_view, scope_view
 from consent.domain import catalog as cat
 from consent.domain.errors import DomainError, NotFound
 from consent.domain.ids import check_scope, check_slug
-from consent.domain.streams import SCOPE, stream_of
+from consent.domain.streams import PARTNER, PURPOSE, SCOPE, stream_of
 
 # The log names a scope's stream `scope:<id>` in a 200-character column, shorter than the 255
 # check_scope allows: a longer id would fail in PostgreSQL (503) instead of being refused.
@@ -51,7 +52,10 @@ class PurposeController(Controller):
 
     @get("/{purpose_id:str}", summary="Read a purpose (any authenticated caller)", responses=ERRORS,
          security=CATALOG_READ, guards=[READER])
-    async def get_purpose(self, purpose_id: FromPath[str], catalogs: Catalogs) -> PurposeView:
+    async def get_purpose(self, purpose_id: FromPath[str], catalogs: Catalogs, at: At = None) -> PurposeView:
+        if at is not None:
+            past = await catalogs.catalog_at(past_moment(at), only=stream_of(PURPOSE, purpose_id))
+            return purpose_view(past.purpose(purpose_id))  # 404 when it did not exist yet
         return purpose_view(catalogs.catalog.purpose(purpose_id))
 
     @post("/{purpose_id:str}/retire", summary="Retire a purpose (admin)", status_code=200,
@@ -111,7 +115,10 @@ class PartnerController(Controller):
 
     @get("/{partner_id:str}", summary="Read a partner (admin, or the partner itself)", responses=ERRORS,
          security=CATALOG_READ, guards=[own_partner_or_admin("catalog:read")])
-    async def get_partner(self, partner_id: FromPath[str], catalogs: Catalogs) -> PartnerView:
+    async def get_partner(self, partner_id: FromPath[str], catalogs: Catalogs, at: At = None) -> PartnerView:
+        if at is not None:
+            past = await catalogs.catalog_at(past_moment(at), only=stream_of(PARTNER, partner_id))
+            return partner_view(past.partner(partner_id))
         return partner_view(catalogs.catalog.partner(partner_id))
 
     @post("/{partner_id:str}/suspend", summary="Suspend a partner (admin)", status_code=200,

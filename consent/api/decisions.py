@@ -6,6 +6,7 @@ when the subject's state is cached.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get, post
@@ -31,6 +32,8 @@ class DecisionRequest(Struct, forbid_unknown_fields=True):
     scopes: Scopes
     partner: Slug | None = None
     min_position: MinPosition | None = None
+    # The answer as it would have been given then (admin; a partner about itself): the log up to that moment.
+    at: datetime | None = None
 
 
 class BatchItem(Struct, forbid_unknown_fields=True):
@@ -44,6 +47,7 @@ class BatchRequest(Struct, forbid_unknown_fields=True):
     items: Annotated[list[BatchItem], Meta(min_length=1, max_length=BATCH_LIMIT)]
     partner: Slug | None = None
     min_position: MinPosition | None = None
+    at: datetime | None = None  # every item as of that moment
 
 
 class BatchAnswer(Struct):
@@ -82,7 +86,7 @@ class DecisionController(Controller):
         partner = asking_partner(principal, data.partner, decisions, [data.subject_id])
         question = Question(subject_id=data.subject_id, purpose=data.purpose, scopes=data.scopes, partner=partner,
                             pseudonymous=by_pseudonym(principal, decisions))
-        return await decisions.decide(question, data.min_position)
+        return await decisions.decide(question, data.min_position, data.at)
 
     @post("/batch", status_code=200, responses=ERRORS, security=[{"bearer": []}, {"partner": ["decisions:read"]}],
           summary=f"Up to {BATCH_LIMIT} decisions in one request")
@@ -98,7 +102,7 @@ class DecisionController(Controller):
                      pseudonymous=pseudonymous)
             for item in data.items
         ]
-        results = await decisions.decide_many(questions, data.min_position)
+        results = await decisions.decide_many(questions, data.min_position, data.at)
         return BatchAnswer(results=results, position=max(r.position for r in results))
 
 

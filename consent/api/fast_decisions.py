@@ -52,4 +52,4 @@ async def _decide(scope: dict, receive, authenticator: Authenticator, decisions:
     question = Question(subject_id=request.subject_id, purpose=request.purpose, scopes=request.scopes,
                         partner=asking_partner(principal, request.partner, decisions, [request.subject_id]),
                         pseudonymous=by_pseudonym(principal, decisions))
-    return _encode(await decisions.decide(question, request.min_position))
+    return _encode(await decisions.decide(question, request.min_position, request.at))

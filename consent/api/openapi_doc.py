@@ -24,7 +24,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import OpenAPI
 
-from consent.api.request_examples import FORM_BODIES, REQUEST_EXAMPLES
+from consent.api.request_examples import BODY_SCHEMAS, REQUEST_EXAMPLES
 from consent.domain.errors import PROBLEM_CODES
 
 # "METHOD /path" (path parameters by name) -> operationId. A route missing here is named after its
@@ -66,6 +66,9 @@ OPERATION_IDS = {
     "POST /v1/decisions": "decide",
     "POST /v1/decisions/batch": "decideBatch",
     "GET /v1/audit": "getAuditLog",
+    "GET /v1/catalog": "exportCatalog",
+    "POST /v1/catalog/plan": "planCatalog",
+    "POST /v1/catalog/apply": "applyCatalog",
 }
 
 # Operations that never answer a problem 503: they read nothing from the database (readiness answers
@@ -151,15 +154,30 @@ def finish(document: dict[str, Any], public_operations: set[str]) -> dict[str, A
         responses = operation["responses"]
         if any(BEARER_SCHEMES & requirement.keys() for requirement in requirements):
             responses.setdefault("429", copy.deepcopy(RATE_LIMITED))
+        if operation_id in BODY_SCHEMAS and "requestBody" not in operation:  # a body the handler reads itself
+            # Documented as JSON; the handler also reads the same document as application/yaml (the route's
+            # description says so): a second media type trips up client generators (openapi-python-client).
+            operation["requestBody"] = {"required": True, "content": {"application/json": {}}}
         body = operation.get("requestBody")
         if body is not None:
             responses.setdefault("413", copy.deepcopy(PAYLOAD_TOO_LARGE))
             _document_body(body, operation_id, schemas)
         if operation_id not in NO_DATABASE:
             responses.setdefault("503", copy.deepcopy(UNAVAILABLE))
+        for response in responses.values():
+            _any_of_answers(response)
     if "Problem" in schemas:
         schemas["Problem"]["properties"]["code"] = problem_code_schema()
     return document
+
+
+def _any_of_answers(response: dict[str, Any]) -> None:
+    """An answer of one shape or another (e.g. the consents now, or as of `at`): `anyOf`, since the shapes
+    do not exclude each other (an answer with `at` is also a valid answer without it, extra field and all)."""
+    for media in response.get("content", {}).values():
+        schema = media.get("schema", {})
+        if "oneOf" in schema:
+            schema["anyOf"] = schema.pop("oneOf")
 
 
 def _operations(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -170,9 +188,9 @@ def _operations(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _document_body(body: dict[str, Any], operation_id: str, schemas: dict[str, Any]) -> None:
-    form = FORM_BODIES.get(operation_id)
-    if form is not None:
-        (ref,), components = msgspec.json.schema_components([form], ref_template="#/components/schemas/{name}")
+    typed = BODY_SCHEMAS.get(operation_id)
+    if typed is not None:
+        (ref,), components = msgspec.json.schema_components([typed], ref_template="#/components/schemas/{name}")
         schemas.update(components)
         for media in body["content"].values():
             media["schema"] = ref

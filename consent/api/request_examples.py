@@ -3,8 +3,9 @@
 - An example of every request body, by operation id: the viewer (/schema) fills "Try it out" with it.
   They tell one story (scopes, a purpose, a partner, a subject's grant, a decision about it), so that
   run in order on an empty service they all succeed (tests/integration/test_openapi_document.py).
-- Typed schemas of the two OAuth forms. The handlers (consent/api/partner_access.py) read the form as a
-  plain mapping, to answer RFC 6749 errors of their own; these Structs only document that mapping.
+- Typed schemas of the bodies that handlers read themselves: the two OAuth forms (consent/api/partner_access.py
+  reads them as plain mappings, to answer RFC 6749 errors of its own) and the catalog document, which
+  consent/api/catalog_code.py takes as JSON or YAML. These Structs document what the handlers read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from consent.api.schemas import CatalogDocument
 from consent.app.partner_access import CLIENT_ID_MAX, CLIENT_SECRET_MAX, PARTNER_SCOPES
 
 ClientId = Annotated[str, Meta(max_length=CLIENT_ID_MAX, description=(
@@ -42,7 +44,9 @@ class RevocationRequest(Struct):
     client_secret: ClientSecret | UnsetType = UNSET
 
 
-FORM_BODIES: dict[str, type[Struct]] = {"issueToken": TokenRequest, "revokeToken": RevocationRequest}
+BODY_SCHEMAS: dict[str, type[Struct]] = {"issueToken": TokenRequest, "revokeToken": RevocationRequest,
+                                         "planCatalog": CatalogDocument, "applyCatalog": CatalogDocument}
+
 
 _CLIENT = {"client_id": "cl_Q2hhbmdlTWVQbGVhc2U", "client_secret": "s3cr3t-shown-once-at-issue"}
 
@@ -66,7 +70,17 @@ REQUEST_EXAMPLES: dict[str, object] = {
                      "ip_address": "203.0.113.7", "user_agent": "Mozilla/5.0 (X11; Linux x86_64)"},
     },
     "decide": {"subject_id": "u-12345", "purpose": "marketing", "scopes": ["orders.history"], "partner": "acme"},
+    "planCatalog": {"scopes": {"orders.history": {"title": "Order history",
+                                                  "description": "Orders placed in the last two years",
+                                                  "sensitivity": "medium"}},
+                    "purposes": {"marketing": {"title": "Marketing e-mails", "description": (
+                        "News and offers about our products, by e-mail, at most once a week."),
+                        "legal_basis": "consent", "retention": "P2Y", "sale_or_sharing": False}},
+                    "partners": {"acme": {"name": "Acme Analytics", "status": "active",
+                                          "data_uses": {"marketing": ["orders.history"]},
+                                          "contract_ends_at": "2099-12-31T23:59:59Z", "rate_limit": 100}}},
     "decideBatch": {"items": [{"subject_id": "u-12345", "purpose": "marketing", "scopes": ["orders.history"]},
                               {"subject_id": "u-67890", "purpose": "marketing", "scopes": ["orders.history"]}],
                     "partner": "acme"},
 }
+REQUEST_EXAMPLES["applyCatalog"] = REQUEST_EXAMPLES["planCatalog"]

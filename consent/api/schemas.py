@@ -47,6 +47,15 @@ class PartnerIn(Struct, forbid_unknown_fields=True):
         self.contract_ends_at = _utc(self.contract_ends_at, "contract_ends_at")
 
 
+class CatalogDocument(Struct, forbid_unknown_fields=True):
+    """The whole catalog as code (YAML or JSON): each entity by id, with the fields of its PUT route.
+    Entities left out are not changed (a plan lists them as unmanaged)."""
+
+    purposes: Annotated[dict[Id, PurposeIn], Meta(max_length=1000)] = {}
+    scopes: Annotated[dict[Id, ScopeIn], Meta(max_length=1000)] = {}
+    partners: Annotated[dict[Id, PartnerIn], Meta(max_length=1000)] = {}
+
+
 class ChangeIn(Struct, forbid_unknown_fields=True):
     purpose: Id
     action: Literal["grant", "withdraw", "object"]

@@ -11,12 +11,20 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
 from consent.api.auth import Principal
-from consent.api.deps import Audits, Caller, Subjects
+from consent.api.deps import Audits, Caller, Catalogs, Subjects
 from consent.api.errors import ERRORS, problem
 from consent.api.guards import own_subject
 from consent.api.schemas import ConsentRequest
+from consent.api.time_travel import At, past_moment
 from consent.app.subject_service import SubjectService
-from consent.app.views import ConsentChangeView, HistoryView, SubjectConsentsView, SubjectErasureView
+from consent.app.views import (
+    ConsentChangeView,
+    HistoryView,
+    SubjectConsentsAtView,
+    SubjectConsentsView,
+    SubjectErasureView,
+    subject_view_at,
+)
 from consent.domain.events import Evidence
 from consent.domain.ids import check_subject
 from consent.domain.subject import Change
@@ -81,12 +89,16 @@ class SubjectController(Controller):
         return await change_consents(subjects, principal, subject_id, data, idempotency_key, if_match, sec_gpc)
 
     @get("/consents", summary="Current consents (the subject, or admin)", responses=ERRORS)
-    async def get_consents(self, subject_id: FromPath[str],
-                principal: Caller, subjects: Subjects,
-                           sec_gpc: SecGpc = None) -> SubjectConsentsView:
+    async def get_consents(self, subject_id: FromPath[str], principal: Caller, subjects: Subjects,
+                           catalogs: Catalogs, sec_gpc: SecGpc = None,
+                           at: At = None) -> SubjectConsentsView | SubjectConsentsAtView:
         check_subject(subject_id)
         if _gpc(principal, sec_gpc):
             await subjects.record_global_opt_out(subject_id, principal.actor)
+        if at is not None:
+            moment = past_moment(at)
+            return subject_view_at(await subjects.state_at(subject_id, moment), moment,
+                                   await catalogs.catalog_at(moment))
         return await subjects.subject_consents(subject_id)
 
     @post("/erase", status_code=200, responses=ERRORS,

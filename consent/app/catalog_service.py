@@ -4,11 +4,13 @@ kept current by its own commits and by the feed of other replicas' (newer stream
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
 from consent.app.ports import Clock, RecordedEvent, UnitOfWork
+from consent.app.subject_records import read_whole_stream
 from consent.app.writing import Publisher, retrying
 from consent.domain import catalog as cat
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
@@ -32,7 +34,7 @@ class CatalogService:
                  catalog: Catalog, catalog_versions: dict[str, int] | None = None,
                  pseudonym_key: bytes | None = None) -> None:
         self._unit_of_work = unit_of_work
-        self._publisher = publisher
+        self.publisher = publisher  # catalog documents publish what they commit through it too
         self._clock = clock
         self._pseudonym_key = pseudonym_key  # CONSENT_PSEUDONYM_KEY: pairwise partners need it
         # The one catalog of this process: its readers hold this object, which is updated in place.
@@ -95,10 +97,25 @@ class CatalogService:
                 recorded = await uow.catalog.save(stream_id, stream_version, new_events, entity, actor)
                 await uow.commit()
                 self.apply(recorded)
-                await self._publisher.committed(recorded)
+                await self.publisher.committed(recorded)
             return Written(entity=entity, created=current is None)
 
         return await retrying(attempt)
+
+    # Time travel
+
+    async def catalog_at(self, at: datetime, only: str | None = None) -> Catalog:
+        """The catalog as it stood at `at` (each entity's stream folded up to that moment), or only the entity
+        of stream `only`. Built from the log alone, so a rebuilt database answers the same."""
+        stream_ids = [only] if only is not None else sorted(self._versions)
+        past = Catalog()
+        async with self._unit_of_work() as uow:
+            for stream_id in stream_ids:
+                for recorded in await read_whole_stream(uow, stream_id):
+                    if recorded.event.occurred_at > at:
+                        break
+                    past.apply(recorded.event)
+        return past
 
     # Keeping the catalog in memory current
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import NamedTuple
 
 from msgspec import Struct
 
@@ -47,10 +48,18 @@ class Question(Struct, frozen=True):
     pseudonymous: bool = False
 
 
+class Past(NamedTuple):
+    """Time travel: a subject's state and the catalog as they stood at a moment, folded from the log."""
+
+    state_at: Callable[[str, datetime], Awaitable[SubjectConsents]]
+    catalog_at: Callable[[datetime], Awaitable[Catalog]]
+
+
 class DecisionService:
     def __init__(self, subjects: SubjectCache, catalog: Callable[[], Catalog], clock: Clock,
                  feed_wait: float = 0.25, sandbox_prefix: str = "sandbox-",
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, past: Past | None = None) -> None:
+        self._past = past
         self._sandbox_prefix = sandbox_prefix
         self._subjects = subjects
         self._catalog = catalog
@@ -108,7 +117,10 @@ class DecisionService:
             raise DomainError("unknown_position", f"position {min_position} has not been written")
         return head
 
-    async def decide(self, question: Question, min_position: int | None = None) -> DecisionAnswer:
+    async def decide(self, question: Question, min_position: int | None = None,
+                     at: datetime | None = None) -> DecisionAnswer:
+        if at is not None:
+            return (await self.decide_past([question], at))[0]
         check_subject(question.subject_id)
         head = await self._database_position(min_position)
         if question.pseudonymous:
@@ -118,7 +130,10 @@ class DecisionService:
             state = await self._subjects.get(question.subject_id, fresh=head is not None)
         return self._answer(question, state, head)
 
-    async def decide_many(self, questions: list[Question], min_position: int | None = None) -> list[DecisionAnswer]:
+    async def decide_many(self, questions: list[Question], min_position: int | None = None,
+                          at: datetime | None = None) -> list[DecisionAnswer]:
+        if at is not None:
+            return await self.decide_past(questions, at)
         for question in questions:
             check_subject(question.subject_id)
         head = await self._database_position(min_position)
@@ -151,6 +166,32 @@ class DecisionService:
                 granted.append(Permission(purpose=purpose_id, scopes=decision.permitted,
                                           retain_until=decision.retain_until))
         return Permissions(permissions=granted, position=max(head or 0, self._subjects.position))
+
+    async def decide_past(self, questions: list[Question], at: datetime) -> list[DecisionAnswer]:
+        """The answers that would have been given at `at`: the catalog and each subject's consents folded from
+        the log up to that moment, `retain_until` counted from it. Not counted in the partner's traffic."""
+        if at.tzinfo is None:
+            raise DomainError("validation_failed", "at must carry a time zone (RFC 3339)")
+        if self._past is None:
+            raise DomainError("validation_failed", "this service answers no decision as of a past moment")
+        for question in questions:
+            check_subject(question.subject_id)
+        catalog = await self._past.catalog_at(at)
+        answers = []
+        for question in questions:
+            subject_id: str | None = question.subject_id
+            if question.pseudonymous:  # the subject behind the pseudonym; none: a subject with no consent
+                current = (await self._subjects.get_pseudonymous(question.partner or "", [question.subject_id],
+                                                                 True))[question.subject_id]
+                subject_id = current.subject_id if current is not None else None
+            state = (await self._past.state_at(subject_id, at) if subject_id is not None
+                     else SubjectConsents(question.subject_id))
+            decision = decide(catalog, state, question.partner, question.purpose, question.scopes, at)
+            answers.append(DecisionAnswer(decision=decision.decision, permitted=decision.permitted,
+                                          denied=decision.denied, retain_until=decision.retain_until,
+                                          purpose_version=decision.purpose_version, position=state.position,
+                                          evaluated_at=at))
+        return answers
 
     def _answer(self, question: Question, state, head: int | None) -> DecisionAnswer:
         now = self._clock.now()

@@ -69,6 +69,10 @@ class CatalogRepository(Protocol):
     async def save(self, stream_id: str, expected_version: int, events: list[Event],
                    entity: Purpose | Scope | Partner, actor: str) -> list[RecordedEvent]: ...
 
+    async def head_position(self) -> int:
+        """The position of the catalog's latest event (0: none yet)."""
+        ...
+
 
 class EventLog(Protocol):
     async def append(self, stream_id: str, expected_version: int, events: list[Event],

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import msgspec
 
 from consent.app.ports import Clock, RecordedEvent, UnitOfWork
 from consent.app.receipts import ReceiptIssuer, snapshot
+from consent.app.subject_records import read_whole_stream
 from consent.app.views import (
     ConsentChangeView,
     HistoryView,
@@ -157,6 +159,18 @@ class SubjectService:
         """The subject's consents as the log has them now (the privacy center builds its page from them)."""
         async with self._unit_of_work() as uow:
             return await uow.subjects.load(subject_id)
+
+    async def state_at(self, subject_id: str, at: datetime) -> SubjectConsents:
+        """The subject's consents as they stood at `at`: its stream folded up to that moment (time travel).
+        Built from the log alone, so a rebuilt database answers the same."""
+        state = SubjectConsents(subject_id)
+        async with self._unit_of_work() as uow:
+            for recorded in await read_whole_stream(uow, subject_stream(subject_id)):
+                if recorded.event.occurred_at > at:
+                    break
+                state.apply(recorded.event)
+                state.position = recorded.position
+        return state
 
     async def history(self, subject_id: str, after: int, limit: int) -> HistoryView:
         async with self._unit_of_work() as uow:

@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from msgspec import Struct
 
 from consent.app.ports import RecordedEvent
-from consent.domain.catalog import Partner, Purpose, Scope
+from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.events import event_data, event_type
 from consent.domain.subject import SubjectConsents
 
@@ -57,6 +58,21 @@ class SubjectConsentsView(Struct):
     version: int
     position: int
     consents: list[ConsentView]
+    global_opt_out: bool
+
+
+class ConsentAtView(ConsentView, kw_only=True):
+    purpose_version_in_force: int | None  # the purpose's version at that moment (None: it did not exist yet)
+
+
+class SubjectConsentsAtView(Struct):
+    """A subject's consents as they stood at `at` (time travel: the log folded up to that moment)."""
+
+    subject_id: str
+    at: datetime
+    version: int
+    position: int
+    consents: list[ConsentAtView]
     global_opt_out: bool
 
 
@@ -135,6 +151,16 @@ def subject_view(state: SubjectConsents, now: datetime) -> SubjectConsentsView:
             for r in records
         ],
     )
+
+
+def subject_view_at(state: SubjectConsents, at: datetime, catalog: Catalog) -> SubjectConsentsAtView:
+    now = subject_view(state, at)
+    in_force = {purpose.id: purpose.version for purpose in catalog.purposes.values()}
+    return SubjectConsentsAtView(
+        subject_id=now.subject_id, at=at, version=now.version, position=now.position,
+        global_opt_out=now.global_opt_out,
+        consents=[ConsentAtView(**msgspec.structs.asdict(c), purpose_version_in_force=in_force.get(c.purpose))
+                  for c in now.consents])
 
 
 def history_event(recorded: RecordedEvent) -> HistoryEvent:

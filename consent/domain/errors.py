@@ -62,6 +62,7 @@ PROBLEM_CODES: dict[str, str] = {
     "not_found": "No such resource (404)",
     "method_not_allowed": "The path does not answer this HTTP method (405)",
     "conflict": "The request clashes with the current state (409)",
+    "catalog_changed": "The catalog changed since the plan whose catalog_position the apply names (409)",
     "version_conflict": "The subject or catalog entry changed since the version named in If-Match (409)",
     "idempotency_key_reused": "This Idempotency-Key was used with another request body (409)",
     "idempotency_key_in_flight": "A request with this Idempotency-Key was processed concurrently; retry (409)",

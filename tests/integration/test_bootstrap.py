@@ -24,13 +24,14 @@ async def test_bus_and_feed_reach_the_parts_of_one_table_in_its_order(postgresql
         container = client.app.state.container
         reach = event_reach(container)
         assert [part.part for part in reach if part.committed_here] == [
-            "subject read model", "partner access", "scheduler", "relay"]
+            "subject read model", "privacy center sessions", "partner access", "scheduler", "relay"]
         assert [part.part for part in reach if part.from_other_replicas] == [
             "subject keys", "write cache", "subject read model", "partner access"]
 
         bus = container.bus._subscribers
-        assert _names(bus) == ["apply_to_read_model", "on_events", "on_events", "wake_relay"]
-        assert (bus[1].__self__, bus[2].__self__) == (container.partner_access, container.scheduler)
+        assert _names(bus) == ["apply_to_read_model", "on_events", "on_events", "on_events", "wake_relay"]
+        assert (bus[1].__self__, bus[2].__self__, bus[3].__self__) == (
+            container.privacy_center, container.partner_access, container.scheduler)
         feed = container._feed_handlers
         assert _names(feed) == ["forget_keys_of_erased", "update_write_cache", "apply_from_feed", "on_events"]
         assert (feed[2].__self__, feed[3].__self__) == (container.subjects, container.partner_access)
@@ -41,4 +42,4 @@ async def test_without_nats_no_relay_is_woken(sqlite_url):
     async with AsyncTestClient(create_app(Settings(database_url=sqlite_url, admin_keys=(ADMIN_KEY,)))) as client:
         container = client.app.state.container
         assert container.relay is None and container.feed is None
-        assert _names(container.bus._subscribers) == ["apply_to_read_model", "on_events", "on_events"]
+        assert _names(container.bus._subscribers) == ["apply_to_read_model", "on_events", "on_events", "on_events"]

@@ -192,3 +192,32 @@ async def test_privacy_center_link_prints_a_link_the_server_opens_once(tmp_path)
         assert (await client.get(path, follow_redirects=False)).status_code == 410
     refused = consent("privacy-center-link", "x" * 129, cwd=tmp_path, CONSENT_DATABASE_URL=url)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
+
+
+async def test_catalog_export_plan_and_apply_against_a_server(tmp_path):
+    port = free_port()
+    env = {"CONSENT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/consent.db", "CONSENT_ADMIN_KEYS": ADMIN_KEY}
+    server = subprocess.Popen([sys.executable, "-m", "consent.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = {"CONSENT_URL": f"http://127.0.0.1:{port}", "CONSENT_ADMIN_KEY": ADMIN_KEY}
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "catalog.yaml")
+    try:
+        await wait_until(lambda: ready(f"http://127.0.0.1:{port}"), timeout=30, what="the server")
+        planned = consent("catalog", "plan", example, cwd=tmp_path, **client)
+        assert planned.returncode == 2, tail(planned.stderr)  # something would change
+        assert "+ purpose marketing" in planned.stdout and "5 to change, 0 unchanged" in planned.stdout
+        applied = consent("catalog", "apply", example, cwd=tmp_path, **client)
+        assert applied.returncode == 0, tail(applied.stderr)
+        again = consent("catalog", "plan", example, cwd=tmp_path, **client)
+        assert again.returncode == 0 and "0 to change, 5 unchanged" in again.stdout, again.stdout
+        exported = consent("catalog", "export", cwd=tmp_path, **client)
+        (tmp_path / "exported.yaml").write_text(exported.stdout)
+        assert consent("catalog", "plan", "exported.yaml", cwd=tmp_path, **client).returncode == 0
+        (tmp_path / "bad.yaml").write_text("purposes: {x: {title: X}}")
+        bad = consent("catalog", "plan", "bad.yaml", cwd=tmp_path, **client)
+        assert bad.returncode == 1 and "validation_failed" in bad.stderr
+        no_key = consent("catalog", "plan", example, cwd=tmp_path, CONSENT_URL=client["CONSENT_URL"])
+        assert no_key.returncode == 1 and "CONSENT_ADMIN_KEY" in no_key.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=15)

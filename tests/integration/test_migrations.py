@@ -73,3 +73,21 @@ async def test_0010_privacy_center_upgrades_and_downgrades(scratch_url):
     await asyncio.to_thread(migrate.downgrade, scratch_url, "0009")
     tables = (await tables_and_diff(scratch_url))[0]
     assert not {"privacy_center_links", "privacy_center_sessions"} & tables and "partner_health" in tables
+
+
+async def indexes(url: str, table: str) -> dict[str, list[str]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            found = await conn.run_sync(lambda c: sa.inspect(c).get_indexes(table))
+    finally:
+        await engine.dispose()
+    return {index["name"]: index["column_names"] for index in found}
+
+
+async def test_0011_indexes_active_grants_by_purpose(scratch_url):
+    await asyncio.to_thread(migrate.upgrade, scratch_url, "0011")
+    assert (await indexes(scratch_url, "consents"))["ix_consents_granted_purpose"] == ["purpose_id", "purpose_version"]
+    await asyncio.to_thread(migrate.downgrade, scratch_url, "0010")
+    names = await indexes(scratch_url, "consents")
+    assert "ix_consents_granted_purpose" not in names and "ix_consents_partner_id" in names

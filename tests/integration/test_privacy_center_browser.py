@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tests.conftest import (
     drop_postgres_database,
     new_nats_names,
     user_headers,
+    wait_ready,
 )
 from tests.integration.test_readme_tour import free_port
 
@@ -44,18 +44,6 @@ MARKETING = {"title": "Marketing emails", "description": "Offers by email", "leg
 ANALYTICS = {"title": "Product analytics", "description": "How the app is used", "legal_basis": "legitimate_interest",
              "retention": "P1Y"}
 BILLING = {"title": "Billing", "description": "Invoices", "legal_basis": "legal_obligation", "retention": "P10Y"}
-
-
-def wait_ready(base: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health/ready").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module", params=["embedded", "postgresql+nats"])

@@ -56,16 +56,22 @@ class World:
         return [event_type(r.event) for r in self.published]
 
 
-@pytest.fixture
-async def world() -> World:
+async def new_world() -> World:
+    """A catalog of one consent purpose, two scopes and a partner allowed one of them."""
     world = World()
     await world.catalogs.put_purpose("marketing", MARKETING, False, "admin:ops")
-    await world.catalogs.put_scope("email", cat.ScopeSpec(title="Email", description="", sensitivity="low"),
-                                   "admin:ops")
+    for scope in ("email", "phone"):
+        await world.catalogs.put_scope(scope, cat.ScopeSpec(title=scope, description="", sensitivity="low"),
+                                       "admin:ops")
     await world.catalogs.put_partner("acme", cat.PartnerSpec(name="Acme", status="active",
                                                              data_uses={"marketing": ("email",)}), "admin:ops")
     world.published.clear()
     return world
+
+
+@pytest.fixture
+async def world() -> World:
+    return await new_world()
 
 
 async def test_a_catalog_write_is_applied_here_and_published_and_a_repeat_writes_nothing():
