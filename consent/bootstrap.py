@@ -20,6 +20,7 @@ from consent.adapters.master_key import master_keys
 from consent.adapters.memory_bus import InProcessBus
 from consent.adapters.nats_feed import NatsFeed
 from consent.adapters.nats_relay import Relay
+from consent.adapters.nats_stream import stream_target
 from consent.adapters.partner_health_store import HealthFlusher, PartnerHealthReader
 from consent.adapters.postgres import WriteBatcher
 from consent.adapters.receipt_keys import load_or_generate
@@ -96,8 +97,8 @@ class Container:
         if settings.nats_url is not None:
             # Subscribed before the state is loaded, so that nothing committed in between is missed;
             # what it delivers waits until the state is there (versions make repeats harmless).
-            self.feed = NatsFeed(settings.nats_url, settings.nats_stream, settings.nats_subject_prefix,
-                                 self._catalog_changed, self._events_from_other_replicas, self._resync)
+            self.feed = NatsFeed(stream_target(settings), self._catalog_changed, self._events_from_other_replicas,
+                                 self._resync)
             await self.feed.start()
         await self._build_services()
         self._build_background_parts()
@@ -146,7 +147,8 @@ class Container:
         # The one catalog object, updated in place by the catalog service: readers hold it directly.
         self.records = SubjectRecords(unit_of_work, lambda: catalog, self.clock, receipts)
         self.subjects = subjects = SubjectCache(SqlSubjectReader(self.database), settings.subject_cache_size,
-                                                pseudonyms=SqlPseudonyms(self.database))
+                                                pseudonyms=SqlPseudonyms(self.database),
+                                                followed_by_feed=settings.nats_url is not None)
         self.pseudonyms = PseudonymService(pseudonym_key, SqlPseudonyms(self.database),
                                            lambda: catalog, subjects)
         await subjects.start()
@@ -175,8 +177,7 @@ class Container:
         if settings.nats_url is not None and settings.relay == "process":
             self.relay = RelayChild(relay_env(settings))
         elif settings.nats_url is not None and settings.relay == "inline":
-            self.relay = Relay(self.database, settings.nats_url, settings.event_source, settings.nats_stream,
-                               settings.nats_subject_prefix)
+            self.relay = Relay(self.database, stream_target(settings), settings.event_source)
 
     # What the feed delivers from other replicas (subscribed before the state exists: each waits for it).
     async def _catalog_changed(self, stream_id: str, stream_version: int) -> None:

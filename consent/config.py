@@ -48,6 +48,9 @@ class Settings(Struct, frozen=True):
     # POST /v1/subjects/{id}/consents answered before Litestar's router (hot_routes.py, fast_consents.py).
     fast_writes: bool = True
     nats_stream: Text = "CONSENT"
+    # Copies of the stream a NATS cluster keeps (1, 3 or 5 in practice); applied when the stream is created
+    # or updated. CONSENT_NATS_URL may list several servers, comma-separated (nats://a:4222,nats://b:4222).
+    nats_replicas: Annotated[int, Bounds(at_least=1)] = 1
     # Where the outbox relay runs: "inline" (this process's event loop), "process" (a child process
     # that `consent serve` supervises) or "off" (none here: run `consent relay` apart).
     relay: Literal["inline", "process", "off"] = "inline"

@@ -18,7 +18,7 @@ import nats
 from nats.js.api import DeliverPolicy
 
 from consent.adapters.cloudevents import TYPE_PREFIX
-from consent.adapters.nats_relay import ensure_stream
+from consent.adapters.nats_stream import StreamTarget, connect, ensure_stream
 from consent.app.ports import RecordedEvent
 from consent.domain.events import event_from_data
 from consent.domain.streams import CATALOG_STREAMS, CREDENTIAL, SUBJECT, TOKEN, stream_kind, stream_of
@@ -58,13 +58,13 @@ def recorded_from_message(payload: bytes) -> RecordedEvent:
 
 
 class NatsFeed:
-    def __init__(self, nats_url: str, stream: str, subject_prefix: str,
+    def __init__(self, target: StreamTarget,
                  on_catalog_change: Callable[[str, int], Awaitable[None]],
                  on_events: Callable[[list[RecordedEvent]], Awaitable[None]],
                  on_resync: Callable[[], Awaitable[None]]) -> None:
-        self._nats_url = nats_url
-        self._stream = stream
-        self._prefix = subject_prefix
+        self._target = target
+        self._stream = target.name
+        self._prefix = target.subject_prefix
         self._on_catalog_change = on_catalog_change
         self._on_events = on_events
         self._on_resync = on_resync
@@ -72,10 +72,9 @@ class NatsFeed:
         self.connected = False
 
     async def start(self) -> None:
-        self._nc = await nats.connect(self._nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                      name="consent-feed", disconnected_cb=self._down, reconnected_cb=self._up)
+        self._nc = await connect(self._target, "consent-feed", disconnected_cb=self._down, reconnected_cb=self._up)
         js = self._nc.jetstream()
-        await ensure_stream(js, self._stream, self._prefix)
+        await ensure_stream(js, self._target)
         await js.subscribe(f"{self._prefix}.>", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
                            cb=self._handle)
         self.connected = True

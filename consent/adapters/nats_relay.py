@@ -24,14 +24,12 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
-import nats
 import sqlalchemy as sa
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
 
 from consent.adapters.cloudevents import encode, is_published, nats_subject
 from consent.adapters.database import Database
+from consent.adapters.nats_stream import StreamTarget, connect, ensure_stream
 from consent.adapters.tables import events, relay_checkpoints
 from consent.adapters.write_record import published_pseudonym
 from consent.app.background import BackgroundLoop
@@ -42,7 +40,6 @@ log = logging.getLogger("consent.relay")
 
 LOCK_KEY = 0x636F6E73656E74  # "consent"
 BATCH = 500
-DUPLICATE_WINDOW = 300.0  # seconds; far longer than a relay takes to restart
 CHECKPOINT_EVERY = 0.25  # seconds
 PING_EVERY = 1.0  # seconds between checks that the lock connection (and so the leadership) is alive
 
@@ -58,16 +55,6 @@ _PENDING_POSTGRES = sa.text("""
              event_id=events.c.event_id.type)
 
 
-async def ensure_stream(js: JetStreamContext, name: str, subject_prefix: str) -> None:
-    config = StreamConfig(name=name, subjects=[f"{subject_prefix}.>"], duplicate_window=DUPLICATE_WINDOW)
-    try:
-        await js.stream_info(name)
-    except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
-
-
 def _recorded(row) -> RecordedEvent:
     event = event_from_data(row.type, without_personal(row.data))  # never published: not even opened
     return RecordedEvent(event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
@@ -78,13 +65,12 @@ def _recorded(row) -> RecordedEvent:
 class Relay(BackgroundLoop):
     task_name = "consent-relay"
 
-    def __init__(self, database: Database, nats_url: str, source: str, stream: str = "CONSENT",
-                 subject_prefix: str = "consent.v1", name: str = "nats") -> None:
+    def __init__(self, database: Database, target: StreamTarget, source: str, name: str = "nats") -> None:
         self._database = database
-        self._nats_url = nats_url
+        self._target = target
         self._source = source
-        self._stream = stream
-        self._prefix = subject_prefix
+        self._stream = target.name
+        self._prefix = target.subject_prefix
         self._name = name
         self._wake = asyncio.Event()
         self.is_leader = False
@@ -109,11 +95,10 @@ class Relay(BackgroundLoop):
             await asyncio.sleep(1.0)
 
     async def _lead(self) -> None:
-        nc = await nats.connect(self._nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                name="consent-relay")
+        nc = await connect(self._target, "consent-relay")
         try:
             js = nc.jetstream(timeout=5.0)
-            await ensure_stream(js, self._stream, self._prefix)
+            await ensure_stream(js, self._target)
             self.connected = True
             async with self._database.engine.connect() as lock_conn:
                 if not self._database.is_sqlite:

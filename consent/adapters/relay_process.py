@@ -23,6 +23,7 @@ import sys
 
 from consent.adapters.database import Database
 from consent.adapters.nats_relay import Relay
+from consent.adapters.nats_stream import stream_target
 from consent.app.background import BackgroundLoop
 from consent.config import Settings
 
@@ -38,8 +39,7 @@ async def run_relay(settings: Settings, report: bool = False) -> int:
         print("consent relay: CONSENT_NATS_URL is not set", file=sys.stderr)
         return 2
     database = Database(settings.database_url, pool_size=4)
-    relay = Relay(database, settings.nats_url, settings.event_source, settings.nats_stream,
-                  settings.nats_subject_prefix)
+    relay = Relay(database, stream_target(settings), settings.event_source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -74,7 +74,8 @@ def relay_env(settings: Settings) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("CONSENT_")}
     env.update({"CONSENT_DATABASE_URL": settings.database_url, "CONSENT_EVENT_SOURCE": settings.event_source,
                 "CONSENT_NATS_STREAM": settings.nats_stream,
-                "CONSENT_NATS_SUBJECT_PREFIX": settings.nats_subject_prefix})
+                "CONSENT_NATS_SUBJECT_PREFIX": settings.nats_subject_prefix,
+                "CONSENT_NATS_REPLICAS": str(settings.nats_replicas)})
     if settings.nats_url is not None:
         env["CONSENT_NATS_URL"] = settings.nats_url
     return env

@@ -41,8 +41,13 @@ class PseudonymReader(Protocol):
 
 class SubjectCache:
     def __init__(self, reader: SubjectReader, capacity: int = 100_000,
-                 pseudonyms: PseudonymReader | None = None) -> None:
+                 pseudonyms: PseudonymReader | None = None, followed_by_feed: bool = False) -> None:
         self._reader = reader
+        # With a feed (replicas), `position` is what the feed has delivered: this process's own writes do not
+        # advance it, since another replica's earlier event may still be on its way; they are remembered in
+        # `_own_positions` instead, so that a client reads its own write here at once.
+        self._followed_by_feed = followed_by_feed
+        self._own_positions: BoundedLRU[int, None] = BoundedLRU(RECENT_LIMIT)
         self._pseudonym_reader = pseudonyms
         # (pairwise partner, pseudonym) -> subject id: a mapping never changes, so it is never dropped
         # for staleness, only for space (least recently used out first).
@@ -186,7 +191,7 @@ class SubjectCache:
         id is `subject:<pseudonym>`): find the subject first, from memory or the database."""
         if any(item.pseudonym is not None for item in events):
             events = [await self._unmasked(item) for item in events]
-        self.apply(events)
+        self.apply(events, from_feed=True)
 
     async def _unmasked(self, item: RecordedEvent) -> RecordedEvent:
         partner_id = getattr(item.event, "partner", None)
@@ -220,13 +225,21 @@ class SubjectCache:
         position = self.position
         return max(0, await self._reader.head_position() - position)
 
-    def apply(self, events: list[RecordedEvent]) -> None:
-        if events:
+    def wrote(self, position: int) -> bool:
+        """Whether this process committed the event at `position` (recently): it is applied here."""
+        return position in self._own_positions
+
+    def apply(self, events: list[RecordedEvent], from_feed: bool = False) -> None:
+        """Committed events: this process's own (the in-process bus), or any replica's (`from_feed`)."""
+        if events and (from_feed or not self._followed_by_feed):
             # Wake everyone waiting for a position, with a fresh event for the next wait.
             self._advanced.set()
             self._advanced = asyncio.Event()
         for item in events:
-            self.position = max(self.position, item.position)
+            if from_feed or not self._followed_by_feed:
+                self.position = max(self.position, item.position)
+            else:
+                self._own_positions.put(item.position, None)
             if not item.stream_id.startswith(SUBJECT_PREFIX):
                 continue
             subject_id = item.stream_id[len(SUBJECT_PREFIX):]

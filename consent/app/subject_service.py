@@ -68,10 +68,14 @@ class SubjectService:
                 if expected_version is not None and state.version != expected_version:
                     raise VersionConflict(subject_stream(subject_id), expected_version)
                 now = self._clock.now()
-                new_events = change_consents(state, self._catalog, changes, source, evidence, now)
+                new_events = self._decide(state, changes, source, evidence, now, global_opt_out)
+                if not new_events and expected_version is None:
+                    # "Nothing to do" from this process's memory of the subject may be stale (another replica
+                    # wrote since, and its event is still on its way here): only the database may say so. An
+                    # append would have caught it by version; a write that appends nothing would not.
+                    state = await uow.subjects.load(subject_id)
+                    new_events = self._decide(state, changes, source, evidence, now, global_opt_out)
                 seen = snapshot(self._catalog) if new_events and self.receipts is not None else None
-                if global_opt_out and not state.global_opt_out:
-                    new_events.append(GlobalOptOutRecorded(occurred_at=now, source="gpc"))
                 recorded = await self._apply_and_save(uow, state, new_events, actor)
                 answer = ConsentChangeView(**msgspec.structs.asdict(subject_view(state, now)), receipts=(
                     self.receipts.issue(recorded, seen or self._catalog) if self.receipts is not None else []))
@@ -85,6 +89,13 @@ class SubjectService:
         # version checks; writers in other processes still can, and are retried.
         async with self._subject_locks.hold(subject_id):
             return await retrying(attempt, retry=expected_version is None)
+
+    def _decide(self, state: SubjectConsents, changes: list[Change], source: Source, evidence: Evidence | None,
+                now: datetime, global_opt_out: bool) -> list[Event]:
+        new_events = change_consents(state, self._catalog, changes, source, evidence, now)
+        if global_opt_out and not state.global_opt_out:
+            new_events.append(GlobalOptOutRecorded(occurred_at=now, source="gpc"))
+        return new_events
 
     async def expire_due_grants(self, limit: int = 100) -> int:
         """Record the expiry of grants past their `expires_at`; returns how many events were written."""
