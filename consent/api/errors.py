@@ -57,8 +57,17 @@ def _from_http(error: HTTPException) -> ProblemDetailsException:
 
 
 def _from_database(error: Exception) -> ProblemDetailsException:
-    log.error("database unavailable: %s", type(error).__name__)
+    # The SQLSTATE tells "too many clients" (53300) from a failover (57P01, 08006) or a read-only standby
+    # (25006); the message is never logged: it can quote row values.
+    log.error("database unavailable: %s (SQLSTATE %s)", type(error).__name__, sqlstate(error) or "none")
     return problem(503, "unavailable", "the database is unavailable; retry later", headers={"Retry-After": "1"})
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The PostgreSQL error code of a driver error, wrapped by SQLAlchemy or not; None for others."""
+    original = getattr(error, "orig", None) or error
+    code = getattr(original, "sqlstate", None) or getattr(getattr(original, "__cause__", None), "sqlstate", None)
+    return code if isinstance(code, str) and len(code) == 5 else None
 
 
 def log_unexpected(error: BaseException) -> None:
