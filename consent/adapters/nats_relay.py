@@ -101,14 +101,20 @@ class Relay(BackgroundLoop):
             await ensure_stream(js, self._target)
             self.connected = True
             async with self._database.engine.connect() as lock_conn:
-                if not self._database.is_sqlite:
-                    while not await self._try_lock(lock_conn):
-                        await asyncio.sleep(1.0)
-                    raw = (await lock_conn.get_raw_connection()).driver_connection
-                    await raw.add_listener("consent_events", lambda *_: self._wake.set())
-                self.is_leader = True
-                log.info("relaying events to NATS stream %s", self._stream)
-                await self._relay(js, lock_conn)
+                try:
+                    if not self._database.is_sqlite:
+                        while not await self._try_lock(lock_conn):
+                            await asyncio.sleep(1.0)
+                        raw = (await lock_conn.get_raw_connection()).driver_connection
+                        await raw.add_listener("consent_events", lambda *_: self._wake.set())
+                    self.is_leader = True
+                    log.info("relaying events to NATS stream %s", self._stream)
+                    await self._relay(js, lock_conn)
+                finally:
+                    # The advisory lock and the listener belong to the session: back in the pool, the
+                    # connection would keep them, and no relay (this one included) could lead again.
+                    if not self._database.is_sqlite:
+                        await lock_conn.invalidate()
         finally:
             await nc.close()
 

@@ -74,11 +74,17 @@ async def stream_leader(servers: list[str]) -> str:
         await nc.close()
 
 
-async def whole_stream(servers: list[str], expected: int) -> list:
+async def whole_stream(servers: list[str], expected: int, logs: list[Path]) -> list:
     nc = await nats.connect(servers=servers)
     try:
         js = nc.jetstream()
-        await wait_until(lambda: _has(js, expected), timeout=60, what=f"{expected} messages on the stream")
+        try:
+            await wait_until(lambda: _has(js, expected), timeout=90, what=f"{expected} messages on the stream")
+        except AssertionError:
+            found = (await js.stream_info(STREAM)).state.messages
+            raise AssertionError(f"{found} of {expected} messages on the stream; the replicas said:\n"
+                                 + "\n".join(line for log in logs for line in log.read_text().splitlines()
+                                             if "consent.access" not in line)[-3000:]) from None
         total = (await js.stream_info(STREAM)).state.messages
         sub = await js.subscribe(f"{PREFIX}.>", ordered_consumer=True)
         return [await sub.next_msg(timeout=10) for _ in range(total)]
@@ -155,7 +161,7 @@ async def test_a_nats_node_killed_under_load_loses_and_repeats_nothing(cluster):
         assert len(acknowledged) >= 300 and stale == []
         assert set(decisions) == {200}, decisions  # decisions need no NATS: they never failed
         logged = await logged_event_ids(database)
-        received = await whole_stream(servers, len(logged))
+        received = await whole_stream(servers, len(logged), logs)
         assert_exactly_once(received, logged)
         assert set(acknowledged) <= set(logged)
         by_subject: dict[str, list[int]] = {}
