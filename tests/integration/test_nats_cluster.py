@@ -66,10 +66,22 @@ def start_replica(database: str, servers: str, port: int, log: Path) -> subproce
                                 stdout=output, stderr=subprocess.STDOUT)
 
 
+async def patiently(attempt, tries: int = 6):
+    """A JetStream request, again while the cluster answers with timeouts (a busy machine, an election)."""
+    for remaining in range(tries - 1, -1, -1):
+        try:
+            return await attempt()
+        except nats.errors.TimeoutError:
+            if remaining == 0:
+                raise
+            await asyncio.sleep(1.0)
+
+
 async def stream_leader(servers: list[str]) -> str:
     nc = await nats.connect(servers=servers)
     try:
-        return (await nc.jetstream().stream_info(STREAM)).cluster.leader
+        js = nc.jetstream(timeout=20)
+        return (await patiently(lambda: js.stream_info(STREAM))).cluster.leader
     finally:
         await nc.close()
 
@@ -77,7 +89,7 @@ async def stream_leader(servers: list[str]) -> str:
 async def whole_stream(servers: list[str], expected: int, logs: list[Path]) -> list:
     nc = await nats.connect(servers=servers)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=20)
         try:
             await wait_until(lambda: _has(js, expected), timeout=90, what=f"{expected} messages on the stream")
         except AssertionError:
@@ -85,9 +97,9 @@ async def whole_stream(servers: list[str], expected: int, logs: list[Path]) -> l
             raise AssertionError(f"{found} of {expected} messages on the stream; the replicas said:\n"
                                  + "\n".join(line for log in logs for line in log.read_text().splitlines()
                                              if "consent.access" not in line)[-3000:]) from None
-        total = (await js.stream_info(STREAM)).state.messages
-        sub = await js.subscribe(f"{PREFIX}.>", ordered_consumer=True)
-        return [await sub.next_msg(timeout=10) for _ in range(total)]
+        total = (await patiently(lambda: js.stream_info(STREAM))).state.messages
+        sub = await patiently(lambda: js.subscribe(f"{PREFIX}.>", ordered_consumer=True))
+        return [await sub.next_msg(timeout=20) for _ in range(total)]
     finally:
         await nc.close()
 
@@ -119,7 +131,7 @@ async def test_a_nats_node_killed_under_load_loses_and_repeats_nothing(cluster):
                 "title": "Profile", "description": "", "sensitivity": "low"})).status_code == 201
             assert (await http.put(f"{a}/v1/purposes/marketing", json=MARKETING)).status_code == 201
             nc = await nats.connect(servers=servers)
-            info = await nc.jetstream().stream_info(STREAM)
+            info = await patiently(lambda: nc.jetstream(timeout=20).stream_info(STREAM))
             await nc.close()
             assert info.config.num_replicas == 3
 
