@@ -16,11 +16,7 @@ class SqlSessionStore:
         self._database = database
 
     async def add_link(self, code_hash: bytes, subject_id: str, expires_at: datetime, now: datetime) -> None:
-        async with self._database.engine.begin() as conn:
-            # Links past their expiry open nothing: pruned as new ones are made.
-            await conn.execute(sa.delete(links).where(links.c.expires_at < now))
-            await conn.execute(sa.insert(links).values(code_hash=code_hash, subject_id=subject_id,
-                                                       expires_at=expires_at))
+        await self._add(links, now, code_hash=code_hash, subject_id=subject_id, expires_at=expires_at)
 
     async def take_link(self, code_hash: bytes, now: datetime) -> str | None:
         # One statement: of two replicas opening the same link at once, one finds it unused.
@@ -32,10 +28,7 @@ class SqlSessionStore:
         return None if row is None else row.subject_id
 
     async def add_session(self, session_hash: bytes, subject_id: str, expires_at: datetime, now: datetime) -> None:
-        async with self._database.engine.begin() as conn:
-            await conn.execute(sa.delete(sessions).where(sessions.c.expires_at < now))
-            await conn.execute(sa.insert(sessions).values(session_hash=session_hash, subject_id=subject_id,
-                                                          expires_at=expires_at))
+        await self._add(sessions, now, session_hash=session_hash, subject_id=subject_id, expires_at=expires_at)
 
     async def find_session(self, session_hash: bytes, now: datetime) -> str | None:
         async with self._database.reading() as conn:
@@ -45,6 +38,12 @@ class SqlSessionStore:
     async def end_session(self, session_hash: bytes) -> None:
         async with self._database.engine.begin() as conn:
             await conn.execute(sa.delete(sessions).where(sessions.c.session_hash == session_hash))
+
+    async def _add(self, table: sa.Table, now: datetime, **row: object) -> None:
+        """A new row; rows past their expiry open nothing, and are pruned as new ones are made."""
+        async with self._database.engine.begin() as conn:
+            await conn.execute(sa.delete(table).where(table.c.expires_at < now))
+            await conn.execute(sa.insert(table).values(**row))
 
     async def end_sessions_of(self, subject_id: str) -> None:
         async with self._database.engine.begin() as conn:

@@ -21,11 +21,22 @@ from consent.domain.ids import check_scope, check_slug
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
 
+class _PlainYaml(yaml.SafeLoader):
+    """YAML without anchors and aliases: a catalog needs none, and nested aliases expand a small body into
+    an enormous document (a "billion laughs")."""
+
+    def fetch_alias(self) -> None:
+        raise yaml.YAMLError("aliases (*name) are not accepted in a catalog document")
+
+    def fetch_anchor(self) -> None:
+        raise yaml.YAMLError("anchors (&name) are not accepted in a catalog document")
+
+
 def read_document(body: bytes, content_type: str) -> Desired:
     """The document as domain specs; a 400 problem for anything malformed, as the catalog routes answer."""
     try:
         if content_type.split(";")[0].strip().lower() in YAML_TYPES:
-            raw: Any = yaml.safe_load(body.decode("utf-8")) or {}
+            raw: Any = yaml.load(body.decode("utf-8"), Loader=_PlainYaml) or {}  # noqa: S506 - a SafeLoader
             document = msgspec.convert(raw, CatalogDocument)
         else:
             document = msgspec.json.decode(body, type=CatalogDocument)

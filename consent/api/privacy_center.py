@@ -101,7 +101,10 @@ def _headers(request: Request) -> dict[str, str]:
 
 async def _form(request: Request) -> dict[str, list[str]]:
     body = await request.body()
-    return urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=2000)
+    try:
+        return urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=2000)
+    except ValueError:  # more fields than any page of ours has
+        raise PrivacyCenterError(400, "error") from None
 
 
 def _check_csrf(token: str, form: dict[str, list[str]]) -> None:

@@ -231,12 +231,13 @@ class SubjectCache:
 
     def apply(self, events: list[RecordedEvent], from_feed: bool = False) -> None:
         """Committed events: this process's own (the in-process bus), or any replica's (`from_feed`)."""
-        if events and (from_feed or not self._followed_by_feed):
+        advances = from_feed or not self._followed_by_feed
+        if events and advances:
             # Wake everyone waiting for a position, with a fresh event for the next wait.
             self._advanced.set()
             self._advanced = asyncio.Event()
         for item in events:
-            if from_feed or not self._followed_by_feed:
+            if advances:
                 self.position = max(self.position, item.position)
             else:
                 self._own_positions.put(item.position, None)

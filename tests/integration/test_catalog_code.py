@@ -167,3 +167,10 @@ async def test_the_export_is_a_document_an_apply_leaves_unchanged(client):
     replanned = await client.post("/v1/catalog/plan", headers=ADMIN, json=exported.json())
     assert {c["action"] for c in replanned.json()["changes"]} == {"unchanged"}
     assert (await client.get("/v1/catalog", headers=user_headers("u-1"))).status_code == 403
+
+
+async def test_yaml_aliases_are_refused(client):
+    laughs = b"a: &a [x, x]\nb: &b [*a, *a]\npurposes: {}\n"
+    answer = await client.post("/v1/catalog/plan", headers={**ADMIN, "Content-Type": "application/yaml"},
+                               content=laughs)
+    assert answer.status_code == 400 and "not accepted" in answer.json()["detail"]

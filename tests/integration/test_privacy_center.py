@@ -225,3 +225,11 @@ async def test_no_session_no_access(client, path):
     method = client.post if path in ("/privacy-center/erase", "/privacy-center/logout") else client.get
     answer = await method(path, headers={"Cookie": "consent_privacy_center=forged"})
     assert answer.status_code == 401
+
+
+async def test_a_form_with_more_fields_than_any_page_is_a_400_page(client):
+    session = await enter(client)
+    flood = ("shown=x%3A_&" * 3000).encode()
+    answer = await client.post("/privacy-center", headers={**session, "Content-Type":
+                               "application/x-www-form-urlencoded"}, content=flood, follow_redirects=False)
+    assert answer.status_code == 400 and "nothing was changed" in answer.text
