@@ -20,6 +20,7 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e clients/python
 
 lock: $(BIN)/python
 	$(BIN)/python -m pip install --quiet uv
@@ -40,7 +41,7 @@ browser-deps: .cache/axe-core/axe.min.js
 		&& tar -xzf axe-core-$(AXE_VERSION).tgz --strip-components=1 package/axe.min.js
 
 test: install-dev browser-deps
-	$(BIN)/ruff check consent tests examples bench
+	$(BIN)/ruff check consent tests examples bench clients
 	$(BIN)/python -m pytest -q
 
 # The tests that need no server (domain, settings, caches): seconds, not minutes.
