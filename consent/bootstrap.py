@@ -14,7 +14,7 @@ from typing import NamedTuple
 import anyio.to_thread
 
 from consent.adapters import migrate
-from consent.adapters.database import Database
+from consent.adapters.database import database_of
 from consent.adapters.log_checkpoints import Checkpointer
 from consent.adapters.master_key import master_keys
 from consent.adapters.memory_bus import InProcessBus
@@ -73,7 +73,7 @@ class Container:
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self.database = Database(settings.database_url)
+        self.database = database_of(settings)
         self.bus = InProcessBus()
         self.relay: Relay | RelayChild | None = None
         self.feed: NatsFeed | None = None

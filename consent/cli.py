@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from consent import cli_catalog, cli_keys
 from consent.adapters import migrate
-from consent.config import SHARED_KEYS, Settings, SettingsError
+from consent.config import MIN_POOL_SIZE, SHARED_KEYS, Settings, SettingsError
 from consent.config_fields import env_variable
 from consent.logs import configure_logging, logging_config
 
@@ -181,6 +182,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as error:  # SettingsError, ReceiptKeyError
         print(f"consent serve: {error}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        # The budget is the replica's: its workers share it (each reads its settings from the environment).
+        share = settings.database_pool_size // args.workers
+        if share < MIN_POOL_SIZE:
+            print(f"consent serve: CONSENT_DATABASE_POOL_SIZE={settings.database_pool_size} leaves each of "
+                  f"{args.workers} workers fewer than {MIN_POOL_SIZE} connections", file=sys.stderr)
+            return 2
+        os.environ["CONSENT_DATABASE_POOL_SIZE"] = str(share)
     if args.migrate and not settings.embedded:
         migrate.upgrade(settings.database_url)
     import uvicorn

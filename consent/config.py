@@ -22,6 +22,7 @@ _PUBLIC_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 _DATABASE_URL = re.compile(r"(sqlite|postgresql)(\+\w+)?://.*")
 
 # The forms of settings, and their bounds (consent/config_fields.py). Named once here, used by many fields.
+MIN_POOL_SIZE = 8  # the relay's 3, the write batcher's 1, two for transactions, two for single statements
 Seconds = Annotated[int, Bounds(at_least=1, unit="seconds")]
 Count = Annotated[int, Bounds(at_least=0)]
 Interval = Annotated[float, Bounds(at_least=0, unit="seconds")]
@@ -32,6 +33,13 @@ Secret = Annotated[str | None, Bounds(secret=True)]
 class Settings(Struct, frozen=True):
     database_url: Annotated[str, Bounds(secret=True)] = EMBEDDED_DATABASE_URL  # may hold a password
     nats_url: Secret = None
+    # On PostgreSQL, the connections one replica holds in all (its relay's included): N replicas need N times
+    # this below the server's max_connections (docs/scaling.md). Requests beyond it wait their turn up to
+    # database_pool_timeout seconds, then answer 503 with Retry-After.
+    database_pool_size: Annotated[int, Bounds(at_least=MIN_POOL_SIZE)] = 20
+    database_pool_timeout: Interval = 5.0
+    # Seconds a request waits for a primary (a failover, the server restarting) before answering 503.
+    database_failover_wait: Interval = 5.0
     admin_keys: Annotated[tuple[str, ...], Bounds(secret=True)] = ()
     user_token_secret: Secret = None
     token_ttl: Seconds = 900

@@ -137,6 +137,7 @@ class PostgresRecorder(SqlRecorder):
             return await super().write_subject(write)
         try:
             if self.batcher is not None:
+                await self._unit.release()  # the batch has connections of its own: no need to hold one
                 return await self.batcher.append(write)
             conn = await self._unit.connection()
             found = await conn.execute(SUBJECT_WRITE, subject_write_params([write]))
@@ -151,11 +152,10 @@ class _Pending(NamedTuple):
 
 
 class WriteBatcher:
-    def __init__(self, database: Database, max_batch: int = 64, max_in_flight: int = 4) -> None:
-        # Connections of its own: the writes waiting for it may hold every connection of the shared pool.
-        self._engine = database.dedicated_engine(max_in_flight)
+    def __init__(self, database: Database, max_batch: int = 64) -> None:
+        # One statement in flight per connection of its own.
+        self._engine, self._max_in_flight = database.batcher_engine()
         self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
         self._queue: list[_Pending] = []
         self._in_flight = 0
         self._senders: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 
-from consent.adapters.database import Database
+from consent.adapters.database import database_of
 from consent.adapters.nats_relay import Relay
 from consent.adapters.nats_stream import stream_target
 from consent.app.background import BackgroundLoop
@@ -38,7 +38,7 @@ async def run_relay(settings: Settings, report: bool = False) -> int:
     if settings.nats_url is None:
         print("consent relay: CONSENT_NATS_URL is not set", file=sys.stderr)
         return 2
-    database = Database(settings.database_url, pool_size=4)
+    database = database_of(settings, relay_only=True)
     relay = Relay(database, stream_target(settings), settings.event_source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,7 +75,8 @@ def relay_env(settings: Settings) -> dict[str, str]:
     env.update({"CONSENT_DATABASE_URL": settings.database_url, "CONSENT_EVENT_SOURCE": settings.event_source,
                 "CONSENT_NATS_STREAM": settings.nats_stream,
                 "CONSENT_NATS_SUBJECT_PREFIX": settings.nats_subject_prefix,
-                "CONSENT_NATS_REPLICAS": str(settings.nats_replicas)})
+                "CONSENT_NATS_REPLICAS": str(settings.nats_replicas),
+                "CONSENT_DATABASE_FAILOVER_WAIT": str(settings.database_failover_wait)})
     if settings.nats_url is not None:
         env["CONSENT_NATS_URL"] = settings.nats_url
     return env

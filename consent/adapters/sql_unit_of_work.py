@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consent.adapters.database import Database
+from consent.adapters.database import Database, unavailable
 from consent.adapters.postgres import PostgresRecorder, WriteBatcher
 from consent.adapters.sql_projections import SqlCatalog, SqlClaims, SqlIdempotency
 from consent.adapters.sql_recorder import SqlRecorder
@@ -14,6 +14,7 @@ from consent.adapters.sqlite import SqliteRecorder
 from consent.adapters.subject_keys import WITHOUT_MASTER_KEY, SubjectKeys
 from consent.adapters.subject_repository import SubjectRepository
 from consent.adapters.write_cache import SubjectWriteCache
+from consent.app.ports import StoreUnavailable
 
 
 def recorder_for(database: Database) -> type[SqlRecorder]:
@@ -57,14 +58,28 @@ class SqlUnitOfWork:
             self._connected = True
         return self._conn
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def release(self) -> None:
+        """Give an autocommit connection back before a long wait: none of its statements is pending."""
+        if self._autocommit and self._connected:
+            self._connected = False
+            await self._conn.close()
+
+    async def __aexit__(self, _type: Any, error: BaseException | None, _traceback: Any) -> None:
+        gone = error is not None and unavailable(error)
         try:
             if self._connected:
                 if not self._committed and not self._autocommit:
                     await self._conn.rollback()
                 await self._conn.close()
+        except Exception:
+            if not gone:  # a connection that is gone cannot roll back; its transaction went with it
+                raise
         finally:
             self.database.release_writer()
+        if gone:
+            # The use case may run again (`consent.app.writing.retrying`): whatever this unit wrote is either
+            # committed, and found by its next read, or gone with the connection.
+            raise StoreUnavailable(self.database.failover_wait) from error
 
     async def commit(self) -> None:
         if not self._autocommit:

@@ -11,7 +11,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from msgspec import Struct
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from consent.adapters.database import sqlstate
+from consent.app.ports import StoreUnavailable
 from consent.domain.errors import DomainError
 
 log = logging.getLogger("consent.api")
@@ -63,11 +66,10 @@ def _from_database(error: Exception) -> ProblemDetailsException:
     return problem(503, "unavailable", "the database is unavailable; retry later", headers={"Retry-After": "1"})
 
 
-def sqlstate(error: BaseException) -> str | None:
-    """The PostgreSQL error code of a driver error, wrapped by SQLAlchemy or not; None for others."""
-    original = getattr(error, "orig", None) or error
-    code = getattr(original, "sqlstate", None) or getattr(getattr(original, "__cause__", None), "sqlstate", None)
-    return code if isinstance(code, str) and len(code) == 5 else None
+def _from_pool_timeout(_error: PoolTimeout) -> ProblemDetailsException:
+    # Every connection of this process's budget stayed busy for CONSENT_DATABASE_POOL_TIMEOUT seconds.
+    log.error("database connection budget exhausted (CONSENT_DATABASE_POOL_SIZE)")
+    return problem(503, "unavailable", "the service is busy; retry later", headers={"Retry-After": "1"})
 
 
 def log_unexpected(error: BaseException) -> None:
@@ -85,6 +87,8 @@ _PROBLEM_FROM = {
     DomainError: _from_domain,
     ValidationException: _from_validation,
     HTTPException: _from_http,
+    StoreUnavailable: _from_database,
+    PoolTimeout: _from_pool_timeout,
     OperationalError: _from_database,
     DBAPIError: _from_database,
     ConnectionError: _from_database,

@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 from consent.app.ports import Clock, UnitOfWork
 from consent.app.views import AuditView, audit_entry
-from consent.app.writing import Publisher, retrying
+from consent.app.writing import KeyedLocks, Publisher, retrying
 from consent.domain.events import SubjectHistoryRead
 from consent.domain.streams import AUDIT, stream_of
+
+CONTENDED_ATTEMPTS = 20  # each lost race is another replica's append: this many is a busy deployment
 
 
 class AuditService:
@@ -16,6 +18,9 @@ class AuditService:
         self._unit_of_work = unit_of_work
         self._publisher = publisher
         self._clock = clock
+        # One admin key's reads all append to its one audit stream: here they take turns; against other
+        # replicas they race, and a lost race only means trying again at the new head.
+        self._stream_locks = KeyedLocks()
 
     async def record_history_read(self, subject_id: str, actor: str) -> None:
         """An administrator read a subject's history: governance wants to know who did, and when."""
@@ -29,7 +34,8 @@ class AuditService:
                 await uow.commit()
                 await self._publisher.committed(recorded)
 
-        await retrying(attempt)
+        async with self._stream_locks.hold(audit_stream):
+            await retrying(attempt, attempts=CONTENDED_ATTEMPTS)
 
     async def audit(self, after: int, limit: int) -> AuditView:
         async with self._unit_of_work() as uow:

@@ -26,6 +26,15 @@ class RecordedEvent(Struct, frozen=True):
     pseudonym: str | None = None
 
 
+class StoreUnavailable(Exception):
+    """The store could not be reached, or went away mid-way (a failover, connections cut): the use case may
+    run again for `patience` seconds."""
+
+    def __init__(self, patience: float) -> None:
+        super().__init__("the store is unavailable")
+        self.patience = patience
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 

@@ -4,10 +4,11 @@ committed events on."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from consent.app.ports import EventBus, RecordedEvent
+from consent.app.ports import EventBus, RecordedEvent, StoreUnavailable
 from consent.domain.errors import VersionConflict
 from consent.domain.events import event_type
 
@@ -15,17 +16,32 @@ T = TypeVar("T")
 
 # A command without If-Match that loses a race is re-run on fresh state this many times.
 ATTEMPTS = 3
+FIRST_PAUSE, LONGEST_PAUSE = 0.05, 0.5  # seconds between attempts while the store is unavailable
 
 
-async def retrying(attempt: Callable[[], Awaitable[T]], retry: bool = True) -> T:
-    """Run `attempt` again on a VersionConflict (another writer appended first), up to ATTEMPTS times."""
-    for remaining in range(ATTEMPTS - 1, -1, -1):
+async def retrying(attempt: Callable[[], Awaitable[T]], retry: bool = True, attempts: int = ATTEMPTS) -> T:
+    """Run `attempt` again on a VersionConflict (another writer appended first), up to `attempts` times, and
+    while the store is unavailable (a failover), for as long as it allows: a failover costs time, not errors.
+
+    An attempt cut off mid-write may have committed: the next one reads the subject afresh, finds its events
+    and has nothing left to do (or, with If-Match, answers 409 as the version has moved)."""
+    conflicts = 0
+    deadline: float | None = None
+    pause = FIRST_PAUSE
+    while True:
         try:
             return await attempt()
         except VersionConflict:
-            if not retry or remaining == 0:
+            conflicts += 1
+            if not retry or conflicts == attempts:
                 raise
-    raise AssertionError("unreachable")
+        except StoreUnavailable as error:
+            now = time.monotonic()
+            deadline = deadline or now + error.patience
+            if now + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
 
 
 class Publisher:

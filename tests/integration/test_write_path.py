@@ -223,8 +223,8 @@ def raw_append(subject_id: str, stream_id: str | None = None) -> SubjectWrite:
 
 async def test_a_value_the_database_refuses_fails_only_its_own_write(postgresql_url):
     await empty_tables(postgresql_url)
-    database = Database(postgresql_url)
-    batcher = WriteBatcher(database, max_in_flight=1)
+    database = Database(postgresql_url, pool_size=5)  # a batcher with one connection: one statement in flight
+    batcher = WriteBatcher(database)
     try:
         writes = [raw_append(f"ok-{n}") for n in range(6)]
         writes.insert(3, raw_append("too-long", stream_id="subject:" + "x" * 300))  # events.stream_id: 200 at most
