@@ -19,6 +19,7 @@ from consent.adapters.log_checkpoints import Checkpointer
 from consent.adapters.master_key import master_keys
 from consent.adapters.memory_bus import InProcessBus
 from consent.adapters.nats_feed import NatsFeed
+from consent.adapters.nats_presence import ReplicaPresence
 from consent.adapters.nats_relay import Relay
 from consent.adapters.nats_stream import stream_target
 from consent.adapters.partner_health_store import HealthFlusher, PartnerHealthReader
@@ -77,6 +78,7 @@ class Container:
         self.bus = InProcessBus()
         self.relay: Relay | RelayChild | None = None
         self.feed: NatsFeed | None = None
+        self.presence: ReplicaPresence | None = None  # replicas that share the rate limit (with NATS)
         # Traffic by partner and route (GET /metrics), flushed for partner health (consent/app/partner_health.py).
         self.telemetry = Telemetry(lambda partner_id: partner_id in self.catalog_service.catalog.partners)
         self.partner_health = PartnerHealthReader(self.database, clock, settings.metrics_flush_interval)
@@ -115,6 +117,8 @@ class Container:
             await self.health_flusher.start()
         if self.relay is not None:
             await self.relay.start()
+        if self.presence is not None:
+            await self.presence.start()
 
     async def _build_services(self) -> None:
         settings = self.settings
@@ -163,9 +167,9 @@ class Container:
                                             self.clock, signing_key, settings.token_ttl, self.bus,
                                             settings.credential_overlap)
         await self.partner_access.start()
+        self.rate_limiter = RateLimiter(settings.partner_rate_limit)
         self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret, self.partner_access,
-                                           RateLimiter(settings.partner_rate_limit),
-                                           identity_provider=await identity_provider(settings))
+                                           self.rate_limiter, identity_provider=await identity_provider(settings))
 
     def _build_background_parts(self) -> None:
         """Built here, started by `start` once the events reach them; each interval 0 leaves its loop off."""
@@ -178,6 +182,11 @@ class Container:
             self.relay = RelayChild(relay_env(settings))
         elif settings.nats_url is not None and settings.relay == "inline":
             self.relay = Relay(self.database, stream_target(settings), settings.event_source)
+        if settings.nats_url is not None:
+            self.presence = ReplicaPresence(stream_target(settings), self._replicas_counted)
+
+    def _replicas_counted(self, live: int) -> None:
+        self.rate_limiter.replicas = live
 
     # What the feed delivers from other replicas (subscribed before the state exists: each waits for it).
     async def _catalog_changed(self, stream_id: str, stream_version: int) -> None:
@@ -199,8 +208,8 @@ class Container:
         # Also after a start that failed half-way: stop what was started. One part failing to stop
         # must not leave the others running or the pool open.
         try:
-            for part in (getattr(self, "scheduler", None), getattr(self, "checkpointer", None), self.feed,
-                         self.relay, getattr(self, "health_flusher", None)):  # the flusher's last flush
+            for part in (self.presence, getattr(self, "scheduler", None), getattr(self, "checkpointer", None),
+                         self.feed, self.relay, getattr(self, "health_flusher", None)):  # the flusher's last flush
                 if part is not None:
                     try:
                         await part.stop()
@@ -213,6 +222,8 @@ class Container:
         facts: dict = {"position": self.subjects.position, "cache_entries": len(self.subjects),
                        "decisions": self.telemetry.decisions_by_outcome(), "events": dict(self.publisher.appended),
                        "telemetry": self.telemetry}
+        if self.presence is not None:
+            facts["replicas_live"] = self.presence.live
         if self.relay is not None:
             facts["relay_leader"] = int(self.relay.is_leader)
             facts["relay_published_position"] = self.relay.published_position

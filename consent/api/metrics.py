@@ -39,6 +39,10 @@ class ServiceCollector(Collector):
         for kind, count in sorted(facts["events"].items()):
             appended.add_metric([kind], count)
         yield appended
+        if "replicas_live" in facts:
+            yield GaugeMetricFamily("consent_replicas_live", "replicas of this deployment heard within 3 s, this one "
+                                    "included; each enforces its share of the per-partner rate limit",
+                                    value=facts["replicas_live"])
         if "relay_leader" in facts:
             yield GaugeMetricFamily("consent_relay_leader", "1 if this process relays the log to NATS",
                                     value=facts["relay_leader"])

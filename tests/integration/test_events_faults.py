@@ -49,10 +49,13 @@ async def wait_until(predicate, timeout: float = 15.0, what: str = "condition") 
 SIGNING_KEY = "test-signing-key-shared-by-replicas"
 
 
-def start_service(database_url: str, nats_url: str, stream: str, prefix: str, port: int) -> subprocess.Popen:
+def start_service(database_url: str, nats_url: str, stream: str, prefix: str, port: int,
+                  **settings: str) -> subprocess.Popen:
+    """A replica on `port`; `settings` are more CONSENT_* variables (partner_rate_limit="20")."""
     env = {**os.environ, **SHARED_KEYS_ENV, "CONSENT_DATABASE_URL": database_url, "CONSENT_NATS_URL": nats_url,
            "CONSENT_ADMIN_KEYS": ADMIN_KEY, "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix,
-           "CONSENT_TOKEN_SIGNING_KEY": SIGNING_KEY}
+           "CONSENT_TOKEN_SIGNING_KEY": SIGNING_KEY,
+           **{f"CONSENT_{name.upper()}": value for name, value in settings.items()}}
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "consent.api.app:create_app", "--factory", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"], env=env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN, NATS_URL, empty_tables
+from tests.integration.test_decisions_api import partner_headers, setup_catalog
 from tests.integration.test_events_faults import free_port, ready, start_service, wait_until
 
 MARKETING = {"title": "Marketing", "description": "Offers", "legal_basis": "consent", "retention": "P30D"}
@@ -169,3 +171,63 @@ async def _refused(status, access_token: str) -> bool:
 
 async def _has_partner(client) -> bool:
     return (await client.get("/v1/partners/acme")).status_code == 200
+
+
+async def live_replicas(client: httpx.AsyncClient) -> int:
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith("consent_replicas_live "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no consent_replicas_live gauge")
+
+
+async def test_the_partner_rate_limit_holds_for_the_deployment_and_follows_its_replicas(postgresql_url, nats_names):
+    """20 requests a second for the deployment: two replicas take 10 each; one dies, the other takes all 20."""
+    await empty_tables(postgresql_url)
+    stream, prefix = nats_names
+    ports = [free_port(), free_port()]
+    services = [start_service(postgresql_url, NATS_URL, stream, prefix, port, partner_rate_limit="20")
+                for port in ports]
+    a, b = (httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=ADMIN) for port in ports)
+    try:
+        for port in ports:
+            await wait_until(lambda port=port: ready(f"http://127.0.0.1:{port}"), what="replica ready")
+        await setup_catalog(a)
+        await wait_until(lambda: _knows(b, "/v1/partners/acme"), timeout=5, what="B to learn the catalog")
+        acme, _ = await partner_headers(a, "acme")  # the shared signing key: valid on both
+        await wait_until(lambda: _counts(a, b, 2), timeout=10, what="each replica to hear the other")
+        question = {"subject_id": "u", "purpose": "marketing", "scopes": ["orders"]}
+
+        async def burst(client: httpx.AsyncClient, size: int = 30) -> tuple[int, float]:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(client.post("/v1/decisions", headers=acme, json=question)
+                                             for _ in range(size)))
+            assert {answer.status_code for answer in answers} <= {200, 429}
+            return sum(answer.status_code == 200 for answer in answers), time.monotonic() - started
+
+        await asyncio.sleep(1.0)  # full buckets
+        (on_a, took_a), (on_b, took_b) = await asyncio.gather(burst(a), burst(b))
+        refill = 10 * max(took_a, took_b)  # each replica refills at its share, 10/s
+        assert 10 <= on_a <= 10 + refill + 1 and 10 <= on_b <= 10 + refill + 1, (on_a, on_b, refill)
+
+        services[1].kill()  # no goodbye: A notices the silence
+        started = time.monotonic()
+        await wait_until(lambda: _counts(a, None, 1), timeout=8, what="A to count itself alone")
+        alone_after = time.monotonic() - started
+        await asyncio.sleep(1.0)
+        alone, took = await burst(a)
+        assert 20 <= alone <= 20 + 20 * took + 1, (alone, took)
+        print(f"\nshared: {on_a} + {on_b} of 60 allowed; alone after {alone_after:.1f} s: {alone} of 30")
+    finally:
+        await a.aclose()
+        await b.aclose()
+        for service in services:
+            service.kill()
+            service.wait(timeout=10)
+
+
+async def _knows(client: httpx.AsyncClient, path: str) -> bool:
+    return (await client.get(path)).status_code == 200
+
+
+async def _counts(a: httpx.AsyncClient, b: httpx.AsyncClient | None, live: int) -> bool:
+    return all([await live_replicas(client) == live for client in (a, b) if client is not None])
