@@ -108,7 +108,7 @@ class DecisionService:
         positions are always local; another replica's may be ahead of the feed: wait
         for the feed a little, then read the database rather than answer stale.
         """
-        if min_position is None or min_position <= self._subjects.position or self._subjects.wrote(min_position):
+        if min_position is None or self._subjects.has_applied(min_position):
             return None
         if await self._subjects.wait_for(min_position, self._feed_wait):
             return None

@@ -48,6 +48,10 @@ class SubjectCache:
         # `_own_positions` instead, so that a client reads its own write here at once.
         self._followed_by_feed = followed_by_feed
         self._own_positions: BoundedLRU[int, None] = BoundedLRU(RECENT_LIMIT)
+        # What the feed delivered, by position. The relay publishes in commit order, and a transaction that
+        # commits first may hold the higher position: `position` passing P does not mean P has arrived.
+        self._delivered: BoundedLRU[int, None] = BoundedLRU(RECENT_LIMIT)
+        self._loaded_at = 0  # the head when this process started: every event up to it was read, not fed
         self._pseudonym_reader = pseudonyms
         # (pairwise partner, pseudonym) -> subject id: a mapping never changes, so it is never dropped
         # for staleness, only for space (least recently used out first).
@@ -61,10 +65,20 @@ class SubjectCache:
         self._pending: dict[str, asyncio.Future[SubjectConsents]] = {}  # misses waiting for the next read
         self._flush_scheduled = False
 
+    def has_applied(self, position: int) -> bool:
+        """Whether the event at `position`, and what the log published before it, is applied here."""
+        if not self._followed_by_feed:
+            return position <= self.position  # one process: events are applied in position order
+        if position <= self._loaded_at or position in self._delivered or position in self._own_positions:
+            return True
+        # Forgotten for space: so far behind the feed that it arrived long ago.
+        oldest = next(iter(self._delivered), None) if len(self._delivered) == RECENT_LIMIT else None
+        return oldest is not None and position < oldest
+
     async def wait_for(self, position: int, timeout: float) -> bool:
-        """Wait until the feed has applied `position`, at most `timeout` seconds."""
+        """Wait until the event at `position` is applied here, at most `timeout` seconds."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while self.position < position:
+        while not self.has_applied(position):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return False
@@ -74,7 +88,7 @@ class SubjectCache:
         return True
 
     async def start(self) -> None:
-        self.position = await self._reader.head_position()
+        self.position = self._loaded_at = await self._reader.head_position()
 
     def __len__(self) -> int:
         return len(self._states)
@@ -225,10 +239,6 @@ class SubjectCache:
         position = self.position
         return max(0, await self._reader.head_position() - position)
 
-    def wrote(self, position: int) -> bool:
-        """Whether this process committed the event at `position` (recently): it is applied here."""
-        return position in self._own_positions
-
     def apply(self, events: list[RecordedEvent], from_feed: bool = False) -> None:
         """Committed events: this process's own (the in-process bus), or any replica's (`from_feed`)."""
         advances = from_feed or not self._followed_by_feed
@@ -239,6 +249,8 @@ class SubjectCache:
         for item in events:
             if advances:
                 self.position = max(self.position, item.position)
+                if from_feed:
+                    self._delivered.put(item.position, None)
             else:
                 self._own_positions.put(item.position, None)
             if not item.stream_id.startswith(SUBJECT_PREFIX):

@@ -76,3 +76,41 @@ def test_lag_is_never_negative_when_events_arrive_while_the_head_is_read():
     cache = SubjectCache(BusyReader(), capacity=100)
     assert asyncio.run(cache.lag()) == 0
     assert cache.position == 55
+
+
+def test_a_position_passed_by_the_feed_is_not_applied_until_its_own_event_arrives():
+    """The relay publishes in commit order: the transaction holding position 8 may commit after the one
+    holding 9. A replica that has applied 9 must not answer `min_position=8` from memory before 8 arrives."""
+    granted = ConsentGranted(occurred_at=datetime(2026, 1, 1, tzinfo=UTC), purpose="m", partner=None,
+                             scopes=None, purpose_version=1, source="web")
+
+    def recorded(subject: str, position: int) -> RecordedEvent:
+        return RecordedEvent(uuid.uuid4(), f"subject:{subject}", 1, position, granted, granted.occurred_at)
+
+    async def scenario():
+        cache = SubjectCache(CountingReader(), capacity=100, followed_by_feed=True)
+        await cache.start()  # the head was 0
+        cache.apply([recorded("a", 9)], from_feed=True)
+        assert cache.position == 9 and cache.has_applied(9) and not cache.has_applied(8)
+        waiting = asyncio.create_task(cache.wait_for(8, timeout=5))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        cache.apply([recorded("b", 8)], from_feed=True)
+        assert await waiting and cache.has_applied(8)
+        assert not await cache.wait_for(7, timeout=0.05)  # never delivered (a gap, or still on its way)
+        cache.apply([recorded("c", 10)])  # this process's own write: applied here, and known to be
+        assert cache.has_applied(10) and cache.position == 9
+
+    asyncio.run(scenario())
+
+
+def test_one_process_without_a_feed_applies_events_in_position_order():
+    async def scenario():
+        cache = SubjectCache(CountingReader(), capacity=100)
+        await cache.start()
+        granted = ConsentGranted(occurred_at=datetime(2026, 1, 1, tzinfo=UTC), purpose="m", partner=None,
+                                 scopes=None, purpose_version=1, source="web")
+        cache.apply([RecordedEvent(uuid.uuid4(), "subject:a", 1, 5, granted, granted.occurred_at)])
+        assert cache.has_applied(5) and cache.has_applied(3) and not cache.has_applied(6)
+
+    asyncio.run(scenario())
