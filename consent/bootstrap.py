@@ -33,6 +33,7 @@ from consent.adapters.sql_pseudonyms import SqlPseudonyms
 from consent.adapters.sql_reads import SqlSubjectReader, load_catalog
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork, recorder_for
 from consent.adapters.subject_keys import SubjectKeys, forget_erased
+from consent.adapters.webhook_parts import WebhookParts
 from consent.adapters.write_cache import SubjectWriteCache
 from consent.api.auth import Authenticator
 from consent.api.idp_tokens import identity_provider
@@ -117,6 +118,7 @@ class Container:
             await self.health_flusher.start()
         if self.relay is not None:
             await self.relay.start()
+        await self.webhooks.start()
         if self.presence is not None:
             await self.presence.start()
 
@@ -126,7 +128,8 @@ class Container:
             catalog, versions = await load_catalog(conn)
         pseudonym_key = settings.pseudonym_key.encode() if settings.pseudonym_key is not None else None
         # Seals personal fields in the log and opens them for readers (consent/adapters/subject_keys.py).
-        self.subject_keys = SubjectKeys(master_keys(settings))
+        self.master_keys = master_keys(settings)
+        self.subject_keys = SubjectKeys(self.master_keys)
         self.write_cache = SubjectWriteCache(settings.write_cache_size)
         self.batcher = None if self.database.is_sqlite else WriteBatcher(self.database)
         # The backend's recorder is chosen here, once (consent/adapters/recorder.py).
@@ -167,6 +170,9 @@ class Container:
                                             self.clock, signing_key, settings.token_ttl, self.bus,
                                             settings.credential_overlap)
         await self.partner_access.start()
+        # Partners' webhooks: endpoints, the delivery ledger, the dispatcher and this process's sender.
+        self.webhooks = WebhookParts(settings, self.database, lambda: catalog, self.clock, self.master_keys,
+                                     publisher, pseudonym_key)
         self.rate_limiter = RateLimiter(settings.partner_rate_limit)
         self.authenticator = Authenticator(settings.admin_keys, settings.user_token_secret, self.partner_access,
                                            self.rate_limiter, identity_provider=await identity_provider(settings))
@@ -209,7 +215,8 @@ class Container:
         # must not leave the others running or the pool open.
         try:
             for part in (self.presence, getattr(self, "scheduler", None), getattr(self, "checkpointer", None),
-                         self.feed, self.relay, getattr(self, "health_flusher", None)):  # the flusher's last flush
+                         self.feed, self.relay, getattr(self, "webhooks", None),
+                         getattr(self, "health_flusher", None)):  # the flusher's last flush
                 if part is not None:
                     try:
                         await part.stop()
@@ -298,6 +305,8 @@ def event_reach(container: Container) -> list[EventReach]:
         # Only an inline relay shares this event loop: woken after a commit, so that publish lag is not a
         # polling interval. Events from the feed are published already.
         EventReach("relay", wake_relay if isinstance(relay, Relay) else None, None),
+        # The webhook dispatcher follows the log too; on PostgreSQL a NOTIFY also wakes whichever process leads.
+        EventReach("webhooks", container.webhooks.on_events, None),
     ]
 
 

@@ -20,9 +20,12 @@ EMBEDDED_DATABASE_URL = "sqlite+aiosqlite:///./consent.db"
 _ORIGIN = re.compile(r"https?://([a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 _PUBLIC_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 _DATABASE_URL = re.compile(r"(sqlite|postgresql)(\+\w+)?://.*")
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]+)?")
 
 # The forms of settings, and their bounds (consent/config_fields.py). Named once here, used by many fields.
-MIN_POOL_SIZE = 8  # the relay's 3, the write batcher's 1, two for transactions, two for single statements
+# The relay child's 3, and the server's: the write batcher's 1, two held by leaders, two for transactions, one
+# for single statements (consent/adapters/database.py, split_budget).
+MIN_POOL_SIZE = 10
 Seconds = Annotated[int, Bounds(at_least=1, unit="seconds")]
 Count = Annotated[int, Bounds(at_least=0)]
 Interval = Annotated[float, Bounds(at_least=0, unit="seconds")]
@@ -117,6 +120,13 @@ class Settings(Struct, frozen=True):
     privacy_center_link_ttl: Seconds = 300
     privacy_center_session_ttl: Seconds = 1800
     privacy_center_frame_ancestors: Text = "'none'"
+    # Webhooks (docs/webhooks.md): seconds before each retry (the last one failing makes a delivery dead),
+    # http:// URLs (tests, a local receiver), `host[:port]` allowed despite resolving to a private address,
+    # and how many days before a partner's contract ends its `partner.contract_ending` notice goes out.
+    webhook_retry_schedule: tuple[str, ...] = ("5", "30", "120", "600", "1800", "7200", "21600", "43200", "86400")
+    webhook_allow_http: bool = False
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_contract_notice_days: Annotated[int, Bounds(at_least=0, unit="days")] = 30
 
     def __post_init__(self) -> None:
         for field in _FIELDS:
@@ -146,6 +156,9 @@ class Settings(Struct, frozen=True):
                 parse_key_set(self.receipt_keys, "CONSENT_RECEIPT_KEYS")
         except ValueError as error:
             raise SettingsError(str(error)) from None
+        if not self.webhook_retry_schedule or not all(_SECONDS.fullmatch(d) for d in self.webhook_retry_schedule):
+            raise SettingsError("CONSENT_WEBHOOK_RETRY_SCHEDULE must be a comma-separated list of seconds, "
+                                "like 5,30,120")
 
     def missing_shared_keys(self) -> list[str]:
         """The variables of SHARED_KEYS that are unset where every replica needs them: on PostgreSQL,

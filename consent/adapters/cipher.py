@@ -103,6 +103,20 @@ class MasterKeys:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._current.encrypt(nonce, key.material, _wrap_context(subject_id, key.key_id))
 
+    def seal(self, context: bytes, plaintext: bytes) -> bytes:
+        """Any other secret the service keeps (a webhook's signing secret), bound to `context`."""
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._current.encrypt(nonce, plaintext, b"consent secret v1\x00" + context)
+
+    def open(self, context: bytes, sealed: bytes, sealed_by: str) -> bytes:
+        master = self._by_id.get(sealed_by)
+        if master is None:
+            raise UnknownMasterKey(sealed_by)
+        try:
+            return master.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], b"consent secret v1\x00" + context)
+        except (InvalidTag, ValueError):
+            raise CipherError("the secret does not open here") from None
+
     def unwrap(self, subject_id: str, key_id: str, wrapped: bytes, wrapped_by: str) -> DataKey:
         master = self._by_id.get(wrapped_by)
         if master is None:

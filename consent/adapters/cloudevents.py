@@ -12,8 +12,9 @@ from consent.domain.events import PERSONAL_FIELDS, event_data, event_type
 from consent.domain.streams import parse_stream_id
 
 TYPE_PREFIX = "io.consent.v1."
-# Governance reads (`audit.*`) are for GET /v1/audit, not for subscribers: they stay in the log.
-UNPUBLISHED = ("audit.",)
+# Governance reads (`audit.*`) are for GET /v1/audit, not for subscribers, and so is the configuration of
+# webhooks (`webhook.*`, a partner's own business): they stay in the log.
+UNPUBLISHED = ("audit.", "webhook.")
 
 
 def is_published(event_type: str) -> bool:

@@ -27,6 +27,7 @@ log = logging.getLogger("consent.database")
 
 # The relay's connections, when it runs in a process of its own: its lock session, a transaction, a read.
 RELAY_CONNECTIONS = 3
+HELD_SESSIONS = 2  # in a server process: the inline relay's and the webhook dispatcher's lock sessions
 # SQLSTATEs that say "no database to talk to now", not "this statement is wrong": connection exceptions (class
 # 08), shut down by an administrator or a crash, starting up, too many clients, and a read-only transaction
 # (connected to a standby: the primary it was has just been demoted).
@@ -38,10 +39,14 @@ def _json_serializer(value: object) -> str:
 
 
 def split_budget(total: int, batcher: bool) -> tuple[int, int, int]:
-    """`total` connections of one process as (transactions, single statements, the write batcher's own)."""
+    """`total` connections of one process as (transactions, single statements, the write batcher's own).
+
+    A server process's transactions include HELD_SESSIONS connections that leaders hold for as long as they
+    lead (the inline relay's and the webhook dispatcher's advisory locks): the rest must not wait for them."""
     batcher_share = min(4, max(1, total // 5)) if batcher else 0
+    held = HELD_SESSIONS if batcher else 0
     shared = total - batcher_share
-    transactions = max(2, shared // 4)
+    transactions = max(2, (shared - held) // 4) + held
     return transactions, max(1, shared - transactions), batcher_share
 
 

@@ -22,19 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from nats.js import JetStreamContext
 
 from consent.adapters.cloudevents import encode, is_published, nats_subject
 from consent.adapters.database import Database
+from consent.adapters.log_tail import load_cursor, read_after, save_cursor
 from consent.adapters.nats_stream import StreamTarget, connect, ensure_stream
-from consent.adapters.tables import events, relay_checkpoints
-from consent.adapters.write_record import published_pseudonym
 from consent.app.background import BackgroundLoop
 from consent.app.ports import RecordedEvent
-from consent.domain.events import event_from_data, event_type, without_personal
+from consent.domain.events import event_type
 
 log = logging.getLogger("consent.relay")
 
@@ -42,25 +40,6 @@ LOCK_KEY = 0x636F6E73656E74  # "consent"
 BATCH = 500
 CHECKPOINT_EVERY = 0.25  # seconds
 PING_EVERY = 1.0  # seconds between checks that the lock connection (and so the leadership) is alive
-
-_PENDING_POSTGRES = sa.text("""
-    SELECT position, event_id, stream_id, stream_version, type, data, metadata, recorded_at,
-           transaction_id::text::bigint AS transaction_id
-    FROM events
-    WHERE (transaction_id, position) > (CAST(:transaction_id AS xid8), :position)
-      AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY transaction_id, position
-    LIMIT :limit
-""").columns(data=events.c.data.type, metadata=events.c.metadata.type, recorded_at=events.c.recorded_at.type,
-             event_id=events.c.event_id.type)
-
-
-def _recorded(row) -> RecordedEvent:
-    event = event_from_data(row.type, without_personal(row.data))  # never published: not even opened
-    return RecordedEvent(event_id=row.event_id, stream_id=row.stream_id, stream_version=row.stream_version,
-                         position=row.position, event=event, recorded_at=row.recorded_at,
-                         pseudonym=published_pseudonym(event, row._mapping["metadata"]))
-
 
 class Relay(BackgroundLoop):
     task_name = "consent-relay"
@@ -156,17 +135,7 @@ class Relay(BackgroundLoop):
                 pinged_at = loop.time()
 
     async def _pending(self, transaction_id: int, position: int) -> list[tuple[int, RecordedEvent]]:
-        async with self._database.reading() as conn:
-            if self._database.is_sqlite:
-                rows = (await conn.execute(
-                    sa.select(events.c.position, events.c.event_id, events.c.stream_id, events.c.stream_version,
-                              events.c.type, events.c.data, events.c.metadata, events.c.recorded_at,
-                              sa.literal(0).label("transaction_id"))
-                    .where(events.c.position > position).order_by(events.c.position).limit(BATCH))).all()
-            else:
-                rows = (await conn.execute(_PENDING_POSTGRES, {
-                    "transaction_id": transaction_id, "position": position, "limit": BATCH})).all()
-        return [(row.transaction_id, _recorded(row)) for row in rows]
+        return await read_after(self._database, transaction_id, position, BATCH)
 
     async def _publish(self, js: JetStreamContext, batch: list[RecordedEvent]) -> None:
         # Pipelined on one connection, which keeps their order; every ack is awaited
@@ -180,10 +149,9 @@ class Relay(BackgroundLoop):
 
     async def _load_checkpoint(self) -> tuple[int, int]:
         async with self._database.reading() as conn:
-            row = (await conn.execute(sa.select(relay_checkpoints.c.transaction_id, relay_checkpoints.c.position)
-                                      .where(relay_checkpoints.c.name == self._name))).first()
-        self.published_position = row.position if row else 0
-        return (row.transaction_id, row.position) if row else (0, 0)
+            transaction_id, position = await load_cursor(conn, self._name)
+        self.published_position = position
+        return transaction_id, position
 
     async def _save_checkpoint(self, transaction_id: int, position: int) -> None:
         async with self._database.engine.begin() as conn:
@@ -191,10 +159,4 @@ class Relay(BackgroundLoop):
                 # No wait for the WAL flush: a checkpoint lost in a crash only means events published
                 # again, which the duplicate window drops; the flush sat between two publishes.
                 await conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-            upsert = self._database.upsert(relay_checkpoints).values(
-                name=self._name, transaction_id=transaction_id, position=position,
-                updated_at=datetime.now(UTC))
-            await conn.execute(upsert.on_conflict_do_update(
-                index_elements=[relay_checkpoints.c.name],
-                set_={"transaction_id": upsert.excluded.transaction_id, "position": upsert.excluded.position,
-                      "updated_at": upsert.excluded.updated_at}))
+            await conn.execute(save_cursor(self._database, self._name, transaction_id, position))

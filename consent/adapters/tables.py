@@ -244,3 +244,46 @@ privacy_center_sessions = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Index("ix_privacy_center_sessions_subject_id", "subject_id"),  # an erasure ends them all
 )
+
+# Partners' webhook endpoints (consent/app/webhooks.py). The signing secret is sealed by the master key
+# (consent/adapters/cipher.py, `MasterKeys.seal`), bound to the webhook's id; after a rotation the previous
+# one keeps signing beside it until `previous_valid_until`.
+webhooks = sa.Table(
+    "webhooks", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("partner_id", sa.String(64), nullable=False, index=True),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("events", Json, nullable=True),  # event types it wants; NULL: every type that reaches it
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("secret", sa.LargeBinary(), nullable=False),
+    sa.Column("previous_secret", sa.LargeBinary(), nullable=True),
+    sa.Column("previous_valid_until", UTCDateTime(), nullable=True),
+    sa.Column("master_key_id", sa.String(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# The delivery ledger: one row per event a webhook is to receive, written with the dispatcher's cursor
+# (relay_checkpoints, name `webhooks`) in one transaction, before any attempt. `ordering_key` is the
+# subject's stream, or `partner:<id>` for catalog notices: per webhook and key, deliveries go in position order.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries", metadata,
+    sa.Column("id", Position, sa.Identity(always=False), primary_key=True),
+    sa.Column("webhook_id", sa.String(40), sa.ForeignKey("webhooks.id", ondelete="CASCADE",
+                                                         name="fk_webhook_deliveries_webhook_id"), nullable=False),
+    sa.Column("event_id", sa.Uuid(), nullable=False),
+    sa.Column("position", Position, nullable=False),
+    sa.Column("ordering_key", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("body", sa.LargeBinary(), nullable=False),  # the CloudEvent JSON, as it is sent every time
+    sa.Column("status", sa.String(16), nullable=False),  # pending, delivered, failed (to retry), dead
+    sa.Column("attempts", Json, nullable=False),  # [{at, status | error, duration_ms}]
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    # The worker's claim: due deliveries still to send; and each webhook's ledger, newest first.
+    sa.Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=sa.text(
+        "status IN ('pending', 'failed')"), sqlite_where=sa.text("status IN ('pending', 'failed')")),
+    sa.Index("ix_webhook_deliveries_ordering", "webhook_id", "ordering_key", "position"),
+    sqlite_autoincrement=True,
+)

@@ -32,7 +32,8 @@ from consent.api.pseudonyms import subject_pseudonym
 from consent.api.receipts import ReceiptController, jwks
 from consent.api.subjects import SubjectController
 from consent.api.viewer import SCHEMA_PATH, index, render_plugins, schema_router
-from consent.app.partner_access import PARTNER_SCOPE_DESCRIPTIONS
+from consent.api.webhooks import WebhookController
+from consent.app.partner_access import OPT_IN_SCOPE_DESCRIPTIONS, PARTNER_SCOPE_DESCRIPTIONS
 from consent.app.ports import Clock, SystemClock
 from consent.bootstrap import Container
 from consent.config import Settings
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                         SubjectController, CredentialController, token, revoke_token, audit, DecisionController,
                         PermissionController, subject_pseudonym, jwks, ReceiptController,
                         authorization_server_metadata, index, PartnerHealthController, SessionLinkController,
-                        PrivacyCenterController, export_catalog, plan_catalog, apply_catalog],
+                        PrivacyCenterController, export_catalog, plan_catalog, apply_catalog, WebhookController],
         dependencies={
             "principal": Provide(guards.principal),  # authenticated by the route's guard
             "catalogs": Provide(lambda: container.catalog_service, sync_to_thread=False),
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             "readiness": Provide(lambda: container.readiness, sync_to_thread=False),
             "metrics_registry": Provide(lambda: registry, sync_to_thread=False),
             "partner_health": Provide(lambda: container.partner_health, sync_to_thread=False),
+            "webhooks": Provide(lambda: container.webhooks.service, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
         on_startup=[container.start, tune_garbage_collector],
@@ -108,6 +110,12 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                 "partner": SecurityScheme(type="oauth2", description="Partner access tokens (client credentials)",
                                           flows=OAuthFlows(client_credentials=OAuthFlow(
                                               token_url="/v1/oauth/token", scopes=PARTNER_SCOPE_DESCRIPTIONS))),
+                # The opt-in scope, a credential's only when asked for (the scopes above are every credential's
+                # default): the same tokens, from the same endpoint.
+                "webhooks": SecurityScheme(type="oauth2", description="Partner access tokens whose credential "
+                                           "was issued with the opt-in scope webhooks:manage",
+                                           flows=OAuthFlows(client_credentials=OAuthFlow(
+                                               token_url="/v1/oauth/token", scopes=OPT_IN_SCOPE_DESCRIPTIONS))),
                 # How a partner's client authenticates at /v1/oauth/token and /v1/oauth/revoke, or in the form.
                 "client": SecurityScheme(type="http", scheme="basic",
                                          description="client_id and client_secret, each form-urlencoded "

@@ -69,6 +69,15 @@ OPERATION_IDS = {
     "GET /v1/catalog": "exportCatalog",
     "POST /v1/catalog/plan": "planCatalog",
     "POST /v1/catalog/apply": "applyCatalog",
+    "POST /v1/partners/{partner_id}/webhooks": "createWebhook",
+    "GET /v1/partners/{partner_id}/webhooks": "listWebhooks",
+    "GET /v1/partners/{partner_id}/webhooks/{webhook_id}": "getWebhook",
+    "PATCH /v1/partners/{partner_id}/webhooks/{webhook_id}": "updateWebhook",
+    "DELETE /v1/partners/{partner_id}/webhooks/{webhook_id}": "deleteWebhook",
+    "POST /v1/partners/{partner_id}/webhooks/{webhook_id}/rotate-secret": "rotateWebhookSecret",
+    "GET /v1/partners/{partner_id}/webhooks/{webhook_id}/deliveries": "listWebhookDeliveries",
+    "POST /v1/partners/{partner_id}/webhooks/{webhook_id}/deliveries/{delivery_id}/retry": "retryWebhookDelivery",
+    "POST /v1/partners/{partner_id}/webhooks/{webhook_id}/replay": "replayWebhook",
 }
 
 # Operations that never answer a problem 503: they read nothing from the database (readiness answers

@@ -82,5 +82,10 @@ REQUEST_EXAMPLES: dict[str, object] = {
     "decideBatch": {"items": [{"subject_id": "u-12345", "purpose": "marketing", "scopes": ["orders.history"]},
                               {"subject_id": "u-67890", "purpose": "marketing", "scopes": ["orders.history"]}],
                     "partner": "acme"},
+    "createWebhook": {"url": "https://hooks.acme.example/consent", "events": ["subject.withdrawn", "subject.erased",
+                                                                            "partner.contract_ending"],
+                      "description": "Stop processing and delete our copy"},
+    "updateWebhook": {"enabled": True, "events": None},
+    "replayWebhook": {"after_position": 0},
 }
 REQUEST_EXAMPLES["applyCatalog"] = REQUEST_EXAMPLES["planCatalog"]

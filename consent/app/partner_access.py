@@ -37,6 +37,12 @@ PARTNER_SCOPE_DESCRIPTIONS = {
     "catalog:read": "read purposes, scopes and the partner's own record",
 }
 PARTNER_SCOPES = tuple(PARTNER_SCOPE_DESCRIPTIONS)
+# Scopes a credential carries only when asked for by name: existing credentials (scopes NULL: all of
+# PARTNER_SCOPES) do not gain the right to change anything.
+OPT_IN_SCOPE_DESCRIPTIONS = {
+    "webhooks:manage": "register, change and inspect the partner's own webhooks and their deliveries",
+}
+ALL_SCOPES = PARTNER_SCOPES + tuple(OPT_IN_SCOPE_DESCRIPTIONS)
 CLIENT_ID_MAX, CLIENT_SECRET_MAX = 64, 256  # longer ones are no credential of this service
 _hasher = PasswordHasher()
 # Verified against when the client id is unknown, so that the answer takes as long either way.
@@ -102,14 +108,14 @@ class TokenClaims(Struct, frozen=True):
     scopes: frozenset[str]
 
 
-def check_scopes(requested: list[str] | None, allowed: tuple[str, ...] = PARTNER_SCOPES) -> tuple[str, ...]:
-    """The scopes asked for, all known and within `allowed`; none asked = all allowed."""
+def check_scopes(requested: list[str] | None, allowed: tuple[str, ...] = ALL_SCOPES) -> tuple[str, ...]:
+    """The scopes asked for, all known and within `allowed`; none asked = PARTNER_SCOPES (no opt-in scope)."""
     if requested is None:
-        return allowed
+        return PARTNER_SCOPES
     unknown = sorted(set(requested) - set(allowed))
     if unknown or not requested:
         raise DomainError("validation_failed", f"scopes must be a non-empty subset of {list(allowed)}")
-    return tuple(s for s in PARTNER_SCOPES if s in requested)
+    return tuple(s for s in ALL_SCOPES if s in requested)
 
 
 class PartnerAccess:

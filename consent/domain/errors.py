@@ -79,6 +79,8 @@ PROBLEM_CODES: dict[str, str] = {
     "unknown_position": "min_position names a log position that has not been written (422)",
     "pseudonym_key_missing": "Pairwise identifiers need CONSENT_PSEUDONYM_KEY, which this server lacks (422)",
     "master_key_missing": "Evidence needs CONSENT_MASTER_KEY to be stored encrypted; this server lacks it (422)",
+    "webhook_url_forbidden": "The webhook URL is not https, or its host resolves to a private, loopback, "
+                             "link-local, multicast or unspecified address (422)",
     "client_error": "Another client error (4xx)",
     "rate_limited": "The partner exceeded its request rate; retry after Retry-After seconds (429)",
     "internal_error": "An unexpected server error (500)",

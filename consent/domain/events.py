@@ -134,6 +134,13 @@ class PartnerTerminated(Event, frozen=True, tag="partner.terminated"):
     partner_id: str
 
 
+class PartnerContractEnding(Event, frozen=True, tag="partner.contract_ending"):
+    """A notice, once per contract end, CONSENT_WEBHOOK_CONTRACT_NOTICE_DAYS before it: changes no state."""
+
+    partner_id: str
+    contract_ends_at: datetime
+
+
 # Partner access streams: `credential:<client_id>`, `token:<token_id>` (no personal data, never a secret)
 
 
@@ -161,6 +168,49 @@ class TokenRevoked(Event, frozen=True, tag="token.revoked"):
     expires_at: datetime
 
 
+# Webhooks, one stream per endpoint: `webhook:<id>` (never the secret, never the URL's query: it may hold one)
+
+
+class WebhookRegistered(Event, frozen=True, tag="webhook.registered"):
+    partner_id: str
+    webhook_id: str
+    url: str  # scheme, host, port and path only
+    events: tuple[str, ...] | None
+    enabled: bool = True
+
+
+class WebhookUpdated(WebhookRegistered, frozen=True, tag="webhook.updated"):
+    pass
+
+
+class WebhookDeleted(Event, frozen=True, tag="webhook.deleted"):
+    partner_id: str
+    webhook_id: str
+
+
+class WebhookSecretRotated(Event, frozen=True, tag="webhook.secret_rotated"):
+    partner_id: str
+    webhook_id: str
+    previous_valid_until: datetime
+
+
+class WebhookDisabled(Event, frozen=True, tag="webhook.disabled"):
+    """The receiver answered 410 Gone: the service stopped delivering to it."""
+
+    partner_id: str
+    webhook_id: str
+
+
+class WebhookDeliveriesRequeued(Event, frozen=True, tag="webhook.requeued"):
+    """A delivery retried by hand (`delivery_id`), or the partner's events replayed after a position."""
+
+    partner_id: str
+    webhook_id: str
+    delivery_id: int | None = None
+    after_position: int | None = None
+    count: int = 0
+
+
 # Governance reads, one stream per admin key: `audit:<key id>`
 
 
@@ -172,7 +222,8 @@ AnyEvent = Union[  # noqa: UP007 - a runtime union of the classes, iterated belo
     ConsentGranted, ConsentWithdrawn, ConsentExpired, ObjectionRecorded, GlobalOptOutRecorded,
     SubjectErased, PurposeDefined, PurposeRevised, PurposeRetired, ScopeDefined,
     PartnerRegistered, PartnerUpdated, PartnerSuspended, PartnerReinstated, PartnerTerminated,
-    CredentialIssued, CredentialRevoked, TokenRevoked, SubjectHistoryRead,
+    PartnerContractEnding, WebhookRegistered, WebhookUpdated, WebhookDeleted, WebhookSecretRotated,
+    WebhookDisabled, WebhookDeliveriesRequeued, CredentialIssued, CredentialRevoked, TokenRevoked, SubjectHistoryRead,
 ]
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]

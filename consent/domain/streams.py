@@ -18,6 +18,7 @@ PARTNER = "partner"
 CREDENTIAL = "credential"  # a partner's API credential, by client id
 TOKEN = "token"  # a revoked partner token, by token id
 AUDIT = "audit"  # governance reads, one stream per admin key id
+WEBHOOK = "webhook"  # a partner's webhook endpoint, by webhook id
 UNRESOLVED = "unresolved"  # never stored: a feed event whose subject could not be found
 
 CATALOG_STREAMS = (PURPOSE, SCOPE, PARTNER)  # kinds whose events change the catalog

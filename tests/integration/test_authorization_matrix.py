@@ -15,8 +15,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from consent.api.app import create_app
+from consent.app.partner_access import ALL_SCOPES
 from tests.conftest import ADMIN, USER_TOKEN_SECRET, user_headers
-from tests.integration.test_decisions_api import partner_headers, setup_catalog
+from tests.integration.test_decisions_api import setup_catalog
 
 PUBLIC, ANY, ADMIN_ONLY, OWN_SUBJECT, PARTNER_OR_ADMIN, SELF_PARTNER, SESSION = (
     "public", "any authenticated", "admin", "admin or the subject itself", "admin or a partner",
@@ -73,6 +74,17 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/privacy-center/export"): SESSION,
     ("GET", "/privacy-center/erase"): SESSION,
     ("POST", "/privacy-center/erase"): SESSION,
+    # Partners' webhooks: the partner's token needs the opt-in scope webhooks:manage (callers() asks for it).
+    ("POST", "/v1/partners/{partner_id:str}/webhooks"): SELF_PARTNER,
+    ("GET", "/v1/partners/{partner_id:str}/webhooks"): SELF_PARTNER,
+    ("GET", "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}"): SELF_PARTNER,
+    ("PATCH", "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}"): SELF_PARTNER,
+    ("DELETE", "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}"): SELF_PARTNER,
+    ("POST", "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}/rotate-secret"): SELF_PARTNER,
+    ("GET", "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}/deliveries"): SELF_PARTNER,
+    ("POST",
+     "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}/deliveries/{delivery_id:int}/retry"): SELF_PARTNER,
+    ("POST", "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}/replay"): SELF_PARTNER,
 }
 SCHEMA_PREFIX = "/schema"  # the OpenAPI document and its viewers: public, no data
 
@@ -100,6 +112,9 @@ BODIES = {
     "/v1/partners/{partner_id:str}/credentials": {"scopes": ["catalog:read"]},
     "/v1/catalog/plan": {"scopes": {"orders": {"title": "O", "description": "", "sensitivity": "low"}}},
     "/v1/catalog/apply": {"scopes": {"orders": {"title": "O", "description": "", "sensitivity": "low"}}},
+    "/v1/partners/{partner_id:str}/webhooks": {"url": "https://127.0.0.1/hooks"},  # refused (422) when let in
+    "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}": {"enabled": False},
+    "/v1/partners/{partner_id:str}/webhooks/{webhook_id:str}/replay": {"after_position": 0},
 }
 
 
@@ -138,6 +153,16 @@ def test_every_route_with_credentials_decides_in_a_guard(client):
     assert len(body_routes(client.app)) == len(BODIES)  # each has a valid body here
 
 
+async def partner_headers(client, partner_id: str) -> tuple[dict[str, str], str]:
+    """A token of every scope, the opt-in ones included: the matrix is about who, not which scope."""
+    credential = (await client.post(f"/v1/partners/{partner_id}/credentials", headers=ADMIN,
+                                    json={"scopes": list(ALL_SCOPES)})).json()
+    issued = await client.post("/v1/oauth/token", data={
+        "grant_type": "client_credentials", "client_id": credential["client_id"],
+        "client_secret": credential["client_secret"]})
+    return {"Authorization": f"Bearer {issued.json()['access_token']}"}, credential["client_id"]
+
+
 async def callers(client) -> dict[str, dict[str, str]]:
     acme, client_id = await partner_headers(client, "acme")
     globex, _ = await partner_headers(client, "globex")
@@ -162,7 +187,8 @@ async def test_only_the_allowed_callers_get_through(client, method, path):
     concrete = (path.replace("{purpose_id:str}", "marketing").replace("{scope_id:str}", "orders")
                 .replace("{partner_id:str}", "acme").replace("{subject_id:str}", "u-1")
                 .replace("{client_id:str}", "cl_unknown")
-                .replace("{event_id:uuid}", "00000000-0000-4000-8000-000000000000"))
+                .replace("{event_id:uuid}", "00000000-0000-4000-8000-000000000000")
+                .replace("{webhook_id:str}", "wh_unknown").replace("{delivery_id:int}", "1"))
     allowed = ALLOWED[RULES[(method, path)]]
     for caller in CALLERS:
         target = concrete + ("?partner=acme" if "permissions" in concrete and caller == "admin" else "")
@@ -205,7 +231,8 @@ async def test_a_refused_caller_learns_nothing_from_a_malformed_body(either_path
     headers_by_caller, _ = await callers(client)
     for method, path in body_routes(client.app):
         target = (path.replace("{purpose_id:str}", "marketing").replace("{scope_id:str}", "orders")
-                  .replace("{partner_id:str}", "acme").replace("{subject_id:str}", "u-1"))
+                  .replace("{partner_id:str}", "acme").replace("{subject_id:str}", "u-1")
+                  .replace("{webhook_id:str}", "wh_unknown"))
         allowed = ALLOWED[RULES[(method, path)]]
         for caller in CALLERS:
             headers = headers_by_caller[caller]

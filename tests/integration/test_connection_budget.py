@@ -15,9 +15,10 @@ import asyncpg
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from consent.adapters import migrate
-from consent.adapters.database import database_of
+from consent.adapters.database import HELD_SESSIONS, RELAY_CONNECTIONS, database_of, split_budget
 from consent.api.app import create_app
 from consent.config import MIN_POOL_SIZE, Settings
 from tests.conftest import (
@@ -141,6 +142,14 @@ def test_a_replica_can_open_exactly_its_budget(size, relay):
     assert sum(engine.pool.size() for engine in parts) == size
 
 
+def test_every_budget_leaves_room_for_the_leaders_sessions_and_the_requests():
+    for size in range(MIN_POOL_SIZE, 200):
+        for relay_apart in (False, True):
+            transactions, statements, batcher = split_budget(size - RELAY_CONNECTIONS * relay_apart, batcher=True)
+            assert transactions >= HELD_SESSIONS + 2 and statements >= 1 and batcher >= 1, size
+            assert transactions + statements + batcher == size - RELAY_CONNECTIONS * relay_apart
+
+
 async def test_a_request_finding_every_connection_busy_waits_then_answers_503(postgresql_url):
     settings = Settings(database_url=postgresql_url, admin_keys=(ADMIN_KEY,), **SHARED_KEYS, scheduler_interval=0,
                         checkpoint_interval=0, metrics_flush_interval=0, database_pool_size=MIN_POOL_SIZE,
@@ -151,13 +160,61 @@ async def test_a_request_finding_every_connection_busy_waits_then_answers_503(po
         async def hold_every_connection() -> contextlib.AsyncExitStack:
             held = contextlib.AsyncExitStack()
             for engine in (database.engine, database.autocommit_engine):
-                for _ in range(engine.pool.size()):
-                    await held.enter_async_context(engine.connect())
+                with contextlib.suppress(PoolTimeout):  # every one left (background parts may hold some)
+                    while True:
+                        await held.enter_async_context(engine.connect())
             return held
 
         held = await on_app_loop(client, hold_every_connection)
-        answer = await client.get("/v1/subjects/nobody/history", headers=ADMIN)
+        answer = await client.get("/v1/audit", headers=ADMIN)
         await on_app_loop(client, held.aclose)
         assert answer.status_code == 503 and answer.json()["code"] == "unavailable", answer.text
         assert answer.headers["retry-after"] == "1"
-        assert (await client.get("/v1/subjects/nobody/history", headers=ADMIN)).status_code == 200  # given back
+        assert (await client.get("/v1/audit", headers=ADMIN)).status_code == 200  # given back
+
+
+async def test_workers_on_postgresql_and_nats_serve_as_replicas_sharing_the_budget(tmp_path):
+    url = await create_postgres_database()
+    await asyncio.to_thread(migrate.upgrade, url)
+    stream, prefix = new_nats_names()
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, **SHARED_KEYS_ENV, "CONSENT_DATABASE_URL": url, "CONSENT_NATS_URL": "nats://127.0.0.1:4222",
+           "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix, "CONSENT_ADMIN_KEYS": ADMIN_KEY,
+           "CONSENT_DATABASE_POOL_SIZE": "20", "CONSENT_LOG_FORMAT": "text"}
+    too_small = subprocess.run([sys.executable, "-m", "consent.cli", "serve", "--workers", "3", "--port", str(port)],
+                               env=env, capture_output=True, text=True, timeout=30)
+    assert too_small.returncode == 2 and "CONSENT_DATABASE_POOL_SIZE=20" in too_small.stderr, too_small.stderr
+    with log.open("w") as output:
+        server = subprocess.Popen([sys.executable, "-m", "consent.cli", "serve", "--workers", "2", "--port", str(port)],
+                                  env=env, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            await wait_until(lambda: ready(base), timeout=60, what="workers ready")
+        except AssertionError:
+            raise AssertionError(tail(log.read_text())) from None
+
+        async def both_workers_counted() -> bool:  # each worker answers for itself; both must have heard the other
+            async with httpx.AsyncClient() as http:
+                answers = [(await http.get(f"{base}/metrics")).text for _ in range(8)]
+            return all("consent_replicas_live 2.0" in text for text in answers)
+
+        await wait_until(both_workers_counted, timeout=15, what="two workers to count each other")
+        async with httpx.AsyncClient(headers=ADMIN, timeout=30) as http:
+            assert (await http.put(f"{base}/v1/purposes/marketing", json=MARKETING)).status_code == 201
+            answers = await asyncio.gather(*(http.post(f"{base}/v1/subjects/w-{n}/consents", json={
+                "changes": [{"purpose": "marketing", "action": "grant"}]}) for n in range(100)))
+        assert {answer.status_code for answer in answers} == {200}
+        parts = urllib.parse.urlsplit(url.replace("+asyncpg", ""))
+        admin = await asyncpg.connect(urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/postgres", "", "")))
+        try:
+            opened = await backends_of(admin, parts.path.lstrip("/"))
+        finally:
+            await admin.close()
+        assert 0 < opened <= 20, opened  # two workers of 10 each
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        await drop_postgres_database(url)
+        await delete_nats_stream(stream)

@@ -85,3 +85,16 @@ async def test_0011_indexes_active_grants_by_purpose(scratch_url):
     await asyncio.to_thread(migrate.downgrade, scratch_url, "0010")
     names = await indexes(scratch_url, "consents")
     assert "ix_consents_granted_purpose" not in names and "ix_consents_partner_id" in names
+
+
+async def test_0012_webhooks_upgrades_and_downgrades(scratch_url):
+    await asyncio.to_thread(migrate.upgrade, scratch_url, "0011")
+    assert "webhooks" not in (await tables_and_diff(scratch_url))[0]
+    await asyncio.to_thread(migrate.upgrade, scratch_url, "0012")
+    assert await indexes(scratch_url, "webhook_deliveries") == {
+        "ix_webhook_deliveries_due": ["next_attempt_at"],
+        "ix_webhook_deliveries_ordering": ["webhook_id", "ordering_key", "position"]}
+    assert await indexes(scratch_url, "webhooks") == {"ix_webhooks_partner_id": ["partner_id"]}
+    await asyncio.to_thread(migrate.downgrade, scratch_url, "0011")
+    tables = (await tables_and_diff(scratch_url))[0]
+    assert not {"webhooks", "webhook_deliveries"} & tables and "privacy_center_links" in tables

@@ -1,0 +1,110 @@
+"""The delivery ledger (`webhook_deliveries`): what the dispatcher enqueues, what a sender claims and settles,
+and what partners read back.
+
+A sender claims due deliveries for a lease (`next_attempt_at` moved past the attempt's end) in a transaction
+of its own, with FOR UPDATE SKIP LOCKED on PostgreSQL: one replica attempts each delivery, and a replica
+killed mid-attempt leaves it to another once the lease runs out. Only the oldest undelivered delivery of each
+(webhook, ordering key) is ever due, so one subject's events arrive in order while others' go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from consent.adapters.database import Database
+from consent.adapters.tables import events, webhook_deliveries, webhooks
+
+UNDELIVERED = ("pending", "failed")
+_d = webhook_deliveries.alias("d")
+_e = webhook_deliveries.alias("e")
+_w = webhooks
+_EARLIER_UNDELIVERED = sa.exists().where(
+    _e.c.webhook_id == _d.c.webhook_id, _e.c.ordering_key == _d.c.ordering_key, _e.c.status.in_(UNDELIVERED),
+    sa.tuple_(_e.c.position, _e.c.id) < sa.tuple_(_d.c.position, _d.c.id))
+_LEDGER_COLUMNS = (webhook_deliveries.c.id, webhook_deliveries.c.event_id, webhook_deliveries.c.type,
+                   webhook_deliveries.c.position, webhook_deliveries.c.status, webhook_deliveries.c.attempts,
+                   webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.created_at)
+
+
+class DeliveryLedger:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (SQLite's one writer taken in turn with this process's other writes)."""
+        await self._database.acquire_writer()
+        try:
+            async with self._database.engine.begin() as conn:
+                yield conn
+        finally:
+            self._database.release_writer()
+
+    async def claim(self, now: datetime, limit: int, lease_until: datetime) -> list[Any]:
+        """Due deliveries, each the oldest undelivered one of its (webhook, key), leased to this process."""
+        query = (sa.select(_d.c.id, _d.c.webhook_id, _d.c.event_id, _d.c.body, _d.c.attempts, _w.c.partner_id,
+                           _w.c.url, _w.c.secret, _w.c.previous_secret, _w.c.previous_valid_until,
+                           _w.c.master_key_id)
+                 .join(_w, _w.c.id == _d.c.webhook_id)
+                 .where(_w.c.enabled.is_(True), _d.c.status.in_(UNDELIVERED), _d.c.next_attempt_at <= now,
+                        ~_EARLIER_UNDELIVERED)
+                 .order_by(_d.c.next_attempt_at, _d.c.id).limit(limit))
+        if not self._database.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=_d)
+        async with self.transaction() as conn:
+            rows = list((await conn.execute(query)).all())
+            if rows:
+                await conn.execute(sa.update(webhook_deliveries)
+                                   .where(webhook_deliveries.c.id.in_([row.id for row in rows]))
+                                   .values(next_attempt_at=lease_until))
+        return rows
+
+    async def settle(self, delivery_id: int, status: str, attempts: list[dict], next_attempt_at: datetime | None,
+                     ) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(sa.update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
+                               .values(status=status, attempts=attempts, next_attempt_at=next_attempt_at))
+
+    async def page(self, webhook_id: str, status: str | None, after: int, limit: int) -> list[Any]:
+        c = webhook_deliveries.c
+        query = sa.select(*_LEDGER_COLUMNS).where(c.webhook_id == webhook_id, c.id > after)
+        if status is not None:
+            query = query.where(c.status == status)
+        async with self._database.reading() as conn:
+            return list((await conn.execute(query.order_by(c.id).limit(limit))).all())
+
+    async def requeue(self, webhook_id: str, delivery_id: int, now: datetime) -> Any | None:
+        """A delivery attempted again as soon as possible, whatever its state; None if there is none."""
+        c = webhook_deliveries.c
+        async with self.transaction() as conn:
+            changed = await conn.execute(sa.update(webhook_deliveries)
+                                         .where(c.webhook_id == webhook_id, c.id == delivery_id)
+                                         .values(status="pending", next_attempt_at=now))
+            if changed.rowcount == 0:
+                return None
+            return (await conn.execute(sa.select(*_LEDGER_COLUMNS).where(c.id == delivery_id))).one()
+
+    async def undelivered_events(self, webhook_id: str) -> set[Any]:
+        c = webhook_deliveries.c
+        async with self._database.reading() as conn:
+            return set((await conn.execute(sa.select(c.event_id).where(
+                c.webhook_id == webhook_id, c.status.in_(UNDELIVERED)))).scalars())
+
+
+async def enqueue(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(sa.insert(webhook_deliveries), rows)
+
+
+async def grants_before(conn: AsyncConnection, stream_id: str, position: int) -> set[tuple[str | None, str]]:
+    """(partner or None, purpose) of every grant in a subject's stream before `position`: whom an erasure
+    concerns, once the read models have forgotten them."""
+    rows = await conn.execute(sa.select(events.c.data).where(
+        events.c.stream_id == stream_id, events.c.type == "subject.granted", events.c.position < position))
+    return {(data.get("partner"), data["purpose"]) for (data,) in rows}

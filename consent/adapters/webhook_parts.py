@@ -1,0 +1,61 @@
+"""The webhook machinery of one process, built from the settings (the composition root, consent/bootstrap.py,
+holds one): the endpoints' store, the delivery ledger, the dispatcher (one leader among the replicas), this
+process's sender, and the use cases the routes call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from consent.adapters.cipher import MasterKeys
+from consent.adapters.database import Database
+from consent.adapters.sql_webhooks import SqlWebhooks
+from consent.adapters.url_guard import UrlGuard
+from consent.adapters.webhook_dispatch import Router, WebhookDispatcher
+from consent.adapters.webhook_ledger import DeliveryLedger
+from consent.adapters.webhook_replay import Replayer
+from consent.adapters.webhook_sender import WebhookSender
+from consent.app.ports import Clock, RecordedEvent
+from consent.app.webhooks import WebhookService
+from consent.app.writing import Publisher
+from consent.config import Settings
+from consent.domain.catalog import Catalog
+
+
+class _Ports:
+    """What the use cases reach through (consent/app/webhooks.py, WebhookPorts)."""
+
+    def __init__(self, parts: WebhookParts) -> None:
+        self.endpoints = parts.endpoints
+        self.ledger = parts.ledger
+        self.check_url = parts.guard.destination
+        self.replay = parts.replayer
+        self.wake_sender = parts.sender.wake
+
+
+class WebhookParts:
+    def __init__(self, settings: Settings, database: Database, catalog: Callable[[], Catalog], clock: Clock,
+                 keys: MasterKeys | None, publisher: Publisher, pseudonym_key: bytes | None) -> None:
+        self.endpoints = SqlWebhooks(database)
+        self.ledger = DeliveryLedger(database)
+        self.guard = UrlGuard(settings.webhook_allow_http, settings.webhook_allowed_hosts)
+        router = Router(catalog, settings.event_source, pseudonym_key)
+        self.replayer = Replayer(database, self.ledger, router)
+        schedule = tuple(float(delay) for delay in settings.webhook_retry_schedule)
+        self.sender = WebhookSender(self.ledger, keys, self.guard, schedule, self._disable_gone)
+        self.dispatcher = WebhookDispatcher(database, self.ledger, router, self.endpoints, self.sender.wake)
+        self.service = WebhookService(_Ports(self), catalog, clock, keys, publisher, settings.credential_overlap)
+
+    async def _disable_gone(self, partner_id: str, webhook_id: str) -> None:
+        await self.service.disable_gone(partner_id, webhook_id)
+
+    async def on_events(self, _events: list[RecordedEvent]) -> None:
+        """A commit in this process: on the embedded default nothing else wakes the dispatcher."""
+        self.dispatcher.wake()
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        await self.sender.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        await self.sender.stop()
