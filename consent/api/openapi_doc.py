@@ -24,6 +24,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import OpenAPI
 
+from consent.api.openapi_webhooks import webhooks_section
 from consent.api.request_examples import BODY_SCHEMAS, REQUEST_EXAMPLES
 from consent.domain.errors import PROBLEM_CODES
 
@@ -177,6 +178,7 @@ def finish(document: dict[str, Any], public_operations: set[str]) -> dict[str, A
             _any_of_answers(response)
     if "Problem" in schemas:
         schemas["Problem"]["properties"]["code"] = problem_code_schema()
+    document["webhooks"] = webhooks_section()  # what partners receive (OpenAPI 3.1)
     return document
 
 
