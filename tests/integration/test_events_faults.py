@@ -38,6 +38,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 async def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await predicate():

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,14 @@ import pytest
 
 from consent.adapters import migrate
 from tests.conftest import ADMIN, ADMIN_KEY, SHARED_KEYS_ENV, create_postgres_database, drop_postgres_database, tail
-from tests.integration.test_events_faults import NATS_SERVER, assert_exactly_once, free_port, ready, wait_until
+from tests.integration.test_events_faults import (
+    NATS_SERVER,
+    assert_exactly_once,
+    free_port,
+    port_is_free,
+    ready,
+    wait_until,
+)
 from tests.integration.test_events_nats import MARKETING, logged_event_ids
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "nats-cluster.sh"
@@ -31,18 +37,9 @@ def free_base() -> int:
     """A base port whose 3 client and 3 cluster ports (base..base+2, base+100..base+102) are free."""
     for _ in range(50):
         base = free_port()
-        if base < 60000 and all(_free(base + offset) for offset in (1, 2, 100, 101, 102)):
+        if base < 60000 and all(port_is_free(base + offset) for offset in (1, 2, 100, 101, 102)):
             return base
     raise AssertionError("no free ports for the cluster")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from consent.adapters import migrate
 from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, SHARED_KEYS_ENV, delete_nats_stream, new_nats_names, tail
-from tests.integration.test_events_faults import assert_exactly_once, free_port, ready, wait_until
+from tests.integration.test_events_faults import assert_exactly_once, free_port, port_is_free, ready, wait_until
 from tests.integration.test_events_nats import MARKETING, logged_event_ids
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pg-ha.sh"
@@ -36,20 +35,11 @@ LOAD_SECONDS = 20.0
 FAILOVER_AT = 6.0  # seconds into the load
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_base() -> int:
     """A base port with base+1 and base+2 free too: the monitor's, node1's and node2's."""
     for _ in range(50):
         base = free_port()
-        if base < 60000 and _free(base + 1) and _free(base + 2):
+        if base < 60000 and port_is_free(base + 1) and port_is_free(base + 2):
             return base
     raise AssertionError("no free ports for the formation")
 
