@@ -180,7 +180,8 @@ class Container:
     def _build_background_parts(self) -> None:
         """Built here, started by `start` once the events reach them; each interval 0 leaves its loop off."""
         settings = self.settings
-        self.scheduler = Scheduler(self.catalog_service, self.subject_service, settings.scheduler_interval)
+        self.scheduler = Scheduler(self.catalog_service, self.subject_service, settings.scheduler_interval,
+                                   settings.webhook_contract_notice_days)
         self.checkpointer = Checkpointer(self.database, settings.checkpoint_interval)
         self.health_flusher = HealthFlusher(self.database, self.telemetry, self.clock,
                                             settings.metrics_flush_interval)

@@ -3,8 +3,9 @@ kept current by its own commits and by the feed of other replicas' (newer stream
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -15,7 +16,7 @@ from consent.app.writing import Publisher, retrying
 from consent.domain import catalog as cat
 from consent.domain.catalog import Catalog, Partner, Purpose, Scope
 from consent.domain.errors import NotFound
-from consent.domain.events import Event
+from consent.domain.events import Event, PartnerContractEnding
 from consent.domain.pseudonyms import key_missing
 from consent.domain.streams import CATALOG_STREAMS, PARTNER, PURPOSE, SCOPE, parse_stream_id, stream_kind, stream_of
 
@@ -42,6 +43,8 @@ class CatalogService:
         # Stream version of each entity as held: events arrive both from this process's commits and from
         # the feed, in either order, and only newer ones count.
         self._versions = catalog_versions if catalog_versions is not None else {}
+        # Contract ends this process knows were noticed (consent/app/scheduler.py): no need to read their stream.
+        self._contract_notices: set[tuple[str, datetime]] = set()
 
     async def put_purpose(self, purpose_id: str, spec: cat.PurposeSpec, material_change: bool,
                           actor: str) -> Written:
@@ -77,6 +80,36 @@ class CatalogService:
         for partner_id in ended:
             await self.change_partner_status(partner_id, "suspend", "system")
         return len(ended)
+
+    async def notify_contracts_ending(self, days: int) -> int:
+        """`partner.contract_ending`, once per contract end, for partners whose contract ends within `days`
+        (CONSENT_WEBHOOK_CONTRACT_NOTICE_DAYS): their webhooks and subscribers hear it ahead of the end."""
+        now = self._clock.now()
+        due = [(p.id, p.contract_ends_at) for p in self.catalog.partners.values()
+               if p.status != "terminated" and p.contract_ends_at is not None
+               and now < p.contract_ends_at <= now + timedelta(days=days)
+               and (p.id, p.contract_ends_at) not in self._contract_notices]
+        written = 0
+        for partner_id, ends_at in due:
+            written += await retrying(functools.partial(self._notify_contract_ending, partner_id, ends_at))
+            self._contract_notices.add((partner_id, ends_at))
+        return written
+
+    async def _notify_contract_ending(self, partner_id: str, ends_at: datetime) -> int:
+        stream_id = stream_of(PARTNER, partner_id)
+        async with self._unit_of_work() as uow:
+            current, stream_version = await uow.catalog.load(PARTNER, partner_id)
+            noticed = any(isinstance(r.event, PartnerContractEnding) and r.event.contract_ends_at == ends_at
+                          for r in await read_whole_stream(uow, stream_id))
+            if current is None or current.contract_ends_at != ends_at or noticed:
+                return 0  # another replica noticed first, or the contract changed meanwhile
+            event = PartnerContractEnding(occurred_at=self._clock.now(), partner_id=partner_id,
+                                          contract_ends_at=ends_at)
+            recorded = await uow.catalog.save(stream_id, stream_version, [event], current, "system")
+            await uow.commit()
+            self.apply(recorded)
+            await self.publisher.committed(recorded)
+        return 1
 
     async def _write(self, kind: str, ident: str, actor: str, decide: Callable[[Any], list[Event]]) -> Written:
         stream_id = stream_of(kind, ident)

@@ -1,5 +1,5 @@
-"""Work the service does by itself: expire grants that fall due, suspend partners whose contract
-ended, withdraw grants of terminated partners.
+"""Work the service does by itself: expire grants that fall due, give notice of a partner's contract ending
+(once, some days ahead), suspend partners whose contract ended, withdraw grants of terminated partners.
 
 Every process runs it; the claims lock what they take (FOR UPDATE SKIP LOCKED on
 PostgreSQL) and appends carry the expected version, so two processes never record
@@ -24,13 +24,18 @@ log = logging.getLogger("consent.scheduler")
 class Scheduler(BackgroundLoop):
     task_name = "consent-scheduler"
 
-    def __init__(self, catalogs: CatalogService, subjects: SubjectService, interval: float = 1.0) -> None:
+    def __init__(self, catalogs: CatalogService, subjects: SubjectService, interval: float = 1.0,
+                 contract_notice_days: int = 0) -> None:
         self._catalogs = catalogs
+        self._contract_notice_days = contract_notice_days  # 0: no `partner.contract_ending` notices
         self._subjects = subjects
         self._interval = interval
         self._wake = asyncio.Event()
 
     async def sweep_once(self) -> int:
+        """The events written that change state (a notice of a contract's end changes none: not counted)."""
+        if self._contract_notice_days > 0:
+            await self._catalogs.notify_contracts_ending(self._contract_notice_days)
         written = await self._catalogs.suspend_partners_past_contract()
         while (batch := await self._subjects.expire_due_grants()) > 0:
             written += batch
