@@ -28,6 +28,7 @@ from tests.conftest import (
     user_headers,
 )
 from tests.integration.test_events_nats import stream_messages
+from tests.integration.webhook_receiver import Receiver, eventually
 
 SUBJECT = "canary-subject-3b9e1f"
 EMAIL, IP, AGENT, NOTE = "canary.person@example.org", "203.0.113.77", "CanaryAgent/9.1", "canary-note-51c2"
@@ -58,8 +59,10 @@ def log_lines():
 async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats_names, log_lines):
     await empty_tables(postgresql_url)
     stream, prefix = nats_names
+    receiver = Receiver().start()  # the pairwise partner's webhook (issue 13)
     settings = Settings(database_url=postgresql_url, nats_url=NATS_URL, admin_keys=(ADMIN_KEY,),
                         user_token_secret=USER_TOKEN_SECRET, nats_stream=stream, nats_subject_prefix=prefix,
+                        webhook_allow_http=True, webhook_allowed_hosts=(receiver.allowed,),
                         **{**SHARED_KEYS, "pseudonym_key": PSEUDONYM_KEY})
     user = user_headers(SUBJECT)
     async with AsyncTestClient(create_app(settings)) as client:
@@ -70,6 +73,9 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
         assert (await client.put("/v1/partners/acme", headers=ADMIN, json={
             "name": "Acme", "status": "active", "data_uses": {"marketing": ["orders"]},
             "identifiers": "pairwise"})).status_code == 201
+        webhook = (await client.post("/v1/partners/acme/webhooks", headers=ADMIN, json={"url": receiver.url})).json()
+        rotated = (await client.post(f"/v1/partners/acme/webhooks/{webhook['id']}/rotate-secret",
+                                     headers=ADMIN)).json()
 
         # The subject grants to the pairwise partner, with personal evidence.
         granted = await client.post(f"/v1/subjects/{SUBJECT}/consents", headers=user, json={
@@ -126,9 +132,12 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
 
         metrics = (await client.get("/metrics")).text
         messages = await stream_messages(stream, prefix, expected=6)
+        await eventually(lambda: any(b"subject.erased" in r.body for r in receiver.ok()), what="the erasure")
+        receiver.stop()
 
     secrets = (credential["client_secret"], issued["access_token"], user["Authorization"].split()[1],
-               ADMIN_KEY, MASTER_KEY, PSEUDONYM_KEY, link.rsplit("/", 1)[1], session_token)
+               ADMIN_KEY, MASTER_KEY, PSEUDONYM_KEY, link.rsplit("/", 1)[1], session_token,
+               webhook["secret"].removeprefix("whsec_"), rotated["secret"].removeprefix("whsec_"))
     personal = (SUBJECT, EMAIL, IP, AGENT, NOTE)
 
     # The pseudonym was a path parameter (its permissions): no log line names it either.
@@ -148,3 +157,7 @@ async def test_canaries_stay_out_of_logs_events_and_metrics(postgresql_url, nats
         # The subject's own id only where the contract addresses the subject itself, never with the partner.
         assert (SUBJECT in payload) == (subject == "subject.erased._._"), subject
     assert pseudonym in by_type["subject.granted.marketing.acme"]
+    # The pairwise partner's webhook: its pseudonym only, nothing personal, no secret (the signature is an HMAC).
+    bodies = [r.body.decode() for r in receiver.ok()]
+    assert bodies and all(pseudonym in body for body in bodies if "io.consent.v1.subject." in body)
+    assert not any(canary in body for body in bodies for canary in (*personal, *secrets))
