@@ -4,7 +4,7 @@ Modules, in the order a run uses them:
   cli            the command line (its docstring is the --help text) and the order of the runs
   checks         the runs, the targets, and the checks of the figures against them
   harness        the bench's state: databases, started servers, NATS streams, HTTP helpers, clean-up
-  server         one started uvicorn process
+  server         one started server (uvicorn, or Granian with --server granian)
   workload       the catalog, the subjects' consent histories, the decision questions
   seed           seeding over HTTP, warming the cache, the answer mix
   lua            the wrk Lua scripts

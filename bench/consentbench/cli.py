@@ -136,6 +136,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-workers", type=int, default=1, metavar="N",
                         help="uvicorn worker processes of each server the bench starts (default 1: the figures "
                              "are per server process)")
+    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
+                        help="the ASGI server of every server the bench starts: uvicorn (uvloop, httptools; the "
+                             "default) or granian (--interface asgi --loop uvloop; pip install granian)")
+    parser.add_argument("--server-nats", action="store_true",
+                        help="the default runs' server gets CONSENT_NATS_URL=--nats with a stream BENCH_<random> and "
+                             "subjects bench<random>.consent.v1 of its own (deleted at the end), and --relay: "
+                             "the relay and the replica feed run beside the requests, as in production")
     parser.add_argument("--server-env", metavar="NAME=VALUE", action="append", default=[],
                         help="a setting for every server the bench starts, e.g. "
                              "CONSENT_WRITE_CACHE_SIZE=0 (repeatable)")
@@ -167,6 +174,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--scale-subjects and --scale-chunk must be positive")
     if args.propagation_samples < 1 or args.propagation_connections < 1:
         parser.error("--propagation-samples and --propagation-connections must be positive")
+    if args.server_nats and args.url:
+        parser.error("--server-nats configures a server the bench starts, not --url")
+    if args.server == "granian" and shutil.which("granian", path=str(Path(sys.executable).parent)) is None:
+        try:
+            import granian  # noqa: F401
+        except ImportError:
+            parser.error("--server granian: granian is not installed in this interpreter (pip install granian)")
     if args.url and not args.admin_key:
         parser.error("--url needs --admin-key")
     if args.admin_key and not args.url:
@@ -232,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 launcher = os.path.relpath(launcher)
         meta["server"] = " ".join(["CONSENT_PARTNER_RATE_LIMIT=0", *args.server_env, re.sub(
             r"--port \d+", "--port <free port>", shlex.join([launcher, *bench.server_command[1:]]))])
+    if bench.results.get("server_nats"):
+        meta["server"] = (meta.get("server", "") + "; " + " ".join(
+            f"{k}={v}" for k, v in bench.results["server_nats"].items())).lstrip("; ")
     meta["target"] = bench.base_url
     if "baseline" in bench.results.get("runs", {}):
         b = bench.results["runs"]["baseline"]

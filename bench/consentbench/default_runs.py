@@ -3,6 +3,7 @@ seeded over HTTP."""
 
 from __future__ import annotations
 
+import secrets
 import urllib.parse
 
 import httpx
@@ -26,7 +27,13 @@ async def main_part(bench: Bench, wanted: set[str]) -> None:
             await bench.create_database()
         if own:
             bench.migrate()
-            await bench.start_server()
+            nats = None
+            if args.server_nats:
+                # A stream and subject prefix of this run's own, deleted at the end (Bench.end_run).
+                nats = bench.nats_env(secrets.token_hex(4))
+                bench.nats_streams.append(nats["CONSENT_NATS_STREAM"])
+                bench.results["server_nats"] = nats
+            await bench.start_server(extra_env=nats)
         assert bench.base_url is not None
         if not own:
             target = urllib.parse.urlsplit(bench.base_url)

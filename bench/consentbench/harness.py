@@ -33,6 +33,23 @@ SHARED_KEYS = {"CONSENT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).d
                "CONSENT_RECEIPT_KEYS": new_key_set()}
 
 
+def server_command(kind: str, port: int, workers: int) -> list[str]:
+    """The command of one server the bench starts: uvicorn (uvloop, httptools) or Granian (--server granian:
+    its Rust HTTP stack, the app on uvloop in a worker process), the service's app factory, no access log."""
+    bindir = Path(sys.executable).parent
+    if kind == "granian":
+        granian = bindir / "granian"
+        launcher = [str(granian)] if granian.exists() else [sys.executable, "-m", "granian"]
+        return [*launcher, "--interface", "asgi", "--factory", "--loop", "uvloop", "--workers", str(workers),
+                "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+                "consent.api.app:create_app"]
+    uvicorn = bindir / "uvicorn"
+    launcher = [str(uvicorn)] if uvicorn.exists() else [sys.executable, "-m", "uvicorn"]
+    return [*launcher, "consent.api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--log-level", "warning"]
+
+
 def postgres_urls(base: str, database: str) -> tuple[str, str]:
     """(asyncpg DSN, SQLAlchemy URL) for `database` on the server of `base`."""
     parts = urllib.parse.urlsplit(base)
@@ -116,8 +133,8 @@ class Bench:
 
     async def spawn_server(self, label: str, extra_env: dict[str, str] | None = None,
                            signing_key: str | None = None) -> Server:
-        """Start one uvicorn worker on the current database (self.admin_key, a new one if unset) and
-        wait until it is ready."""
+        """Start one server (--server: uvicorn or Granian) on the current database (self.admin_key, a new one
+        if unset) and wait until it is ready."""
         port = free_port()
         if self.admin_key is None:
             self.admin_key = secrets.token_urlsafe(24)
@@ -127,13 +144,7 @@ class Bench:
                    **SHARED_KEYS)
         env.update(dict(setting.split("=", 1) for setting in self.args.server_env))
         env.update(extra_env or {})
-        uvicorn = Path(sys.executable).parent / "uvicorn"
-        launcher = [str(uvicorn)] if uvicorn.exists() else [sys.executable, "-m", "uvicorn"]
-        command = [*launcher,
-                   "consent.api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", str(self.args.server_workers), "--loop", "uvloop", "--http", "httptools",
-                   "--no-access-log",
-                   "--log-level", "warning"]
+        command = server_command(self.args.server, port, self.args.server_workers)
         if self.args.server_log:
             log_path = Path(self.args.server_log if label == "server" else f"{self.args.server_log}.{label}")
         else:
@@ -152,6 +163,8 @@ class Bench:
                     raise RuntimeError(f"server {label} exited with {popen.returncode}:\n{server.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{server.base_url}/health/ready")).status_code == 200:
+                        if self.args.server == "granian":
+                            server.find_worker()
                         break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server {label} not ready after 60 s:\n{server.log_tail()}")
@@ -165,10 +178,10 @@ class Bench:
         # Others may commit while the bench runs: the code a run measured is the one its server started with.
         self.server_revision = service_revision()
         self.server, self.server_log, self.base_url = server.popen, server.log, server.base_url
-        self.server_pid = server.popen.pid
+        self.server_pid = server.pid  # Granian's worker, not its supervisor
         if label == "server" or not hasattr(self, "server_command"):
             self.server_command = server.command
-        log(f"server{'' if label == 'server' else ' ' + label}: pid {server.popen.pid} on {self.base_url}"
+        log(f"server{'' if label == 'server' else ' ' + label}: pid {server.pid} on {self.base_url}"
             + (f" ({', '.join(f'{k}={v}' for k, v in server.env.items())})" if server.env else ""))
         return server
 

@@ -69,6 +69,16 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process, oldest first (from /proc/PID/task/*/children)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                found += [int(x) for x in (task / "children").read_text().split()]
+    return sorted(set(found))
+
+
 def process_rss_mb(pid: int | None) -> float | None:
     with contextlib.suppress(OSError, ValueError, TypeError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
