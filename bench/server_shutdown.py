@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +169,7 @@ async def check(kind: str, args: argparse.Namespace) -> dict:
             with contextlib.suppress(Exception):
                 await nc.jetstream(timeout=10).delete_stream(stream)
             await nc.close()
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
