@@ -77,17 +77,44 @@ class WebhookSender(BackgroundLoop):
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task] = set()
         self._client: httpx.AsyncClient | None = None
+        # Outcomes of finished attempts, written together: one statement for all that finished meanwhile.
+        self._outcomes: list[dict[str, Any]] = []
+        self._outcome_ready = asyncio.Event()
+        self._settler: asyncio.Task | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
+    async def start(self) -> None:
+        await super().start()
+        self._settler = asyncio.create_task(self._settle_loop(), name="consent-webhook-settler")
+
     async def stop(self) -> None:
         await super().stop()
-        for task in list(self._running):
+        for task in [*self._running, *([self._settler] if self._settler else [])]:
             task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*self._running, *([self._settler] if self._settler else []), return_exceptions=True)
+        if self._outcomes:  # what finished is recorded; what was cut off is claimed again once its lease ends
+            try:
+                await self._ledger.settle(self._outcomes)
+            except Exception as error:  # noqa: BLE001 - shutting down: those are attempted again
+                log.warning("webhook outcomes not recorded at shutdown (%s)", type(error).__name__)
         if self._client is not None:
             await self._client.aclose()
+
+    async def _settle_loop(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready.clear()
+            outcomes, self._outcomes = self._outcomes, []
+            try:
+                await self._ledger.settle(outcomes)
+            except asyncio.CancelledError:
+                self._outcomes[:0] = outcomes
+                raise
+            except Exception as error:  # noqa: BLE001 - the leases run out and those are attempted again
+                log.warning("webhook outcomes not recorded (%s)", type(error).__name__)
+            self._wake.set()  # the next delivery of the same subject may be due now
 
     async def _run(self) -> None:
         # Proxies from the environment are not followed (trust_env): the address checked is the one reached.
@@ -116,7 +143,6 @@ class WebhookSender(BackgroundLoop):
 
     def _finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)
-        self._wake.set()  # the next delivery of the same subject may be due now
 
     async def _claim(self, limit: int) -> list[Any]:
         now = datetime.now(UTC)
@@ -131,22 +157,24 @@ class WebhookSender(BackgroundLoop):
             attempt.update({"status": status} if status is not None else {"error": error})
             attempts = [*delivery.attempts, attempt]
             if status is not None and 200 <= status < 300:
-                await self._ledger.settle(delivery.id, "delivered", attempts, None)
-                return
-            if status == 410:
-                await self._ledger.settle(delivery.id, "failed", attempts, datetime.now(UTC))
+                self._record(delivery.id, "delivered", attempts, None)
+            elif status == 410:
+                self._record(delivery.id, "failed", attempts, datetime.now(UTC))
                 await self._disable(delivery.partner_id, delivery.webhook_id)
-                return
-            retriable = status is None or status >= 500 or status == 429
-            delay = next_delay(self._schedule, len(attempts), retry_after) if retriable else None
-            if delay is None:
-                await self._ledger.settle(delivery.id, "dead", attempts, None)
             else:
-                await self._ledger.settle(delivery.id, "failed", attempts, datetime.now(UTC) + timedelta(seconds=delay))
+                retriable = status is None or status >= 500 or status == 429
+                delay = next_delay(self._schedule, len(attempts), retry_after) if retriable else None
+                later = datetime.now(UTC) + timedelta(seconds=delay) if delay is not None else None
+                self._record(delivery.id, "dead" if delay is None else "failed", attempts, later)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - the lease runs out and the delivery is claimed again
             log.warning("webhook delivery %s not settled (%s)", delivery.id, type(error).__name__)
+
+    def _record(self, delivery_id: int, status: str, attempts: list[dict], next_attempt_at: datetime | None) -> None:
+        self._outcomes.append({"delivery_id": delivery_id, "status": status, "attempts": attempts,
+                               "next_attempt_at": next_attempt_at})
+        self._outcome_ready.set()
 
     async def _attempt(self, delivery: Any) -> tuple[int | None, str | None, float | None]:
         """(HTTP status, or None and the kind of error, and Retry-After seconds of a 429)."""
