@@ -40,6 +40,7 @@ CURSOR = "webhooks"  # its row in relay_checkpoints
 LOCK_KEY = 0x776562686F6F6B  # "webhook"
 BATCH = 500
 IDLE_CHECK = 1.0  # seconds between looks at the log without a wake-up, and between lock connection checks
+GATHER = 0.005  # seconds a wake-up waits for the rest of its burst of commits
 
 _SAFE_HEAD_POSTGRES = sa.text("""
     SELECT transaction_id::text::bigint AS transaction_id, position FROM events
@@ -114,11 +115,16 @@ class WebhookDispatcher(BackgroundLoop):
         self._endpoints = endpoints  # SqlWebhooks: the enabled endpoints, read every batch
         self._on_enqueued = on_enqueued
         self._wake = asyncio.Event()
+        self._endpoints_changed = asyncio.Event()
         self.is_leader = False
         self.position = 0
 
     def wake(self) -> None:
         self._wake.set()
+
+    def endpoints_changed(self) -> None:
+        """A webhook was registered or enabled here: no need to wait for the next idle look."""
+        self._endpoints_changed.set()
 
     async def _run(self) -> None:
         while True:
@@ -155,29 +161,40 @@ class WebhookDispatcher(BackgroundLoop):
         checked_at = loop.time()
         while True:
             self._wake.clear()
-            moved = await self._step(cursor)
+            self._endpoints_changed.clear()
+            endpoints = await self._endpoints.enabled()
+            moved = await (self._step(cursor, endpoints) if endpoints else self._skip(cursor))
             if moved != cursor:
                 cursor, self.position = moved, moved[1]
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=IDLE_CHECK)
+                if endpoints:
+                    continue
+            if endpoints:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=IDLE_CHECK)
+                # Commits come in bursts: one step for the burst, not one a commit.
+                await asyncio.sleep(GATHER)
+            else:
+                # Nobody to deliver to: a look a second, not a query a commit. A webhook registered meanwhile
+                # hears what was committed from its registration on, whenever the cursor gets there.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._endpoints_changed.wait(), timeout=IDLE_CHECK)
             if not self._database.is_sqlite and loop.time() - checked_at >= IDLE_CHECK:
                 await lock_conn.execute(sa.text("SELECT 1"))  # still leading: the lock's session is alive
                 await lock_conn.commit()
                 checked_at = loop.time()
 
-    async def _step(self, cursor: tuple[int, int]) -> tuple[int, int]:
+    async def _skip(self, cursor: tuple[int, int]) -> tuple[int, int]:
+        """No webhook to deliver to: the cursor skips to the log's safe head, unless one appeared meanwhile
+        (events committed before its registration were not for it)."""
+        head = await self._safe_head()
+        if head <= cursor or await self._endpoints.enabled():
+            return cursor
+        async with self._ledger.transaction() as conn:
+            await conn.execute(save_cursor(self._database, CURSOR, *head))
+        return head
+
+    async def _step(self, cursor: tuple[int, int], endpoints: list[Any]) -> tuple[int, int]:
         """One batch: its deliveries and the cursor after it, committed together. Returns the new cursor."""
-        endpoints = await self._endpoints.enabled()
-        if not endpoints:
-            # Nobody to deliver to: skip to the log's safe head, checking again that no webhook appeared
-            # meanwhile (events committed before its registration were not for it).
-            head = await self._safe_head()
-            if head <= cursor or await self._endpoints.enabled():
-                return cursor
-            async with self._ledger.transaction() as conn:
-                await conn.execute(save_cursor(self._database, CURSOR, *head))
-            return head
         batch = await read_after(self._database, *cursor, BATCH)
         if not batch:
             return cursor

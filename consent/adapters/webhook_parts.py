@@ -19,6 +19,7 @@ from consent.app.webhooks import WebhookService
 from consent.app.writing import Publisher
 from consent.config import Settings
 from consent.domain.catalog import Catalog
+from consent.domain.events import WebhookRegistered
 
 
 class _Ports:
@@ -48,9 +49,11 @@ class WebhookParts:
     async def _disable_gone(self, partner_id: str, webhook_id: str) -> None:
         await self.service.disable_gone(partner_id, webhook_id)
 
-    async def on_events(self, _events: list[RecordedEvent]) -> None:
+    async def on_events(self, events: list[RecordedEvent]) -> None:
         """A commit in this process: on the embedded default nothing else wakes the dispatcher."""
         self.dispatcher.wake()
+        if any(isinstance(item.event, WebhookRegistered) for item in events):  # an update too: it may enable
+            self.dispatcher.endpoints_changed()
 
     async def start(self) -> None:
         await self.dispatcher.start()
