@@ -306,8 +306,6 @@ def event_reach(container: Container) -> list[EventReach]:
         # Only an inline relay shares this event loop: woken after a commit, so that publish lag is not a
         # polling interval. Events from the feed are published already.
         EventReach("relay", wake_relay if isinstance(relay, Relay) else None, None),
-        # The webhook dispatcher follows the log too; on PostgreSQL a NOTIFY also wakes whichever process leads.
-        EventReach("webhooks", container.webhooks.on_events, None),
     ]
 
 

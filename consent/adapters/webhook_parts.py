@@ -14,12 +14,11 @@ from consent.adapters.webhook_dispatch import Router, WebhookDispatcher
 from consent.adapters.webhook_ledger import DeliveryLedger
 from consent.adapters.webhook_replay import Replayer
 from consent.adapters.webhook_sender import WebhookSender
-from consent.app.ports import Clock, RecordedEvent
+from consent.app.ports import Clock
 from consent.app.webhooks import WebhookService
 from consent.app.writing import Publisher
 from consent.config import Settings
 from consent.domain.catalog import Catalog
-from consent.domain.events import WebhookRegistered
 
 
 class _Ports:
@@ -31,6 +30,7 @@ class _Ports:
         self.check_url = parts.guard.destination
         self.replay = parts.replayer
         self.wake_sender = parts.sender.wake
+        self.endpoints_changed = parts.dispatcher.endpoints_changed
 
 
 class WebhookParts:
@@ -48,12 +48,6 @@ class WebhookParts:
 
     async def _disable_gone(self, partner_id: str, webhook_id: str) -> None:
         await self.service.disable_gone(partner_id, webhook_id)
-
-    async def on_events(self, events: list[RecordedEvent]) -> None:
-        """A commit in this process: on the embedded default nothing else wakes the dispatcher."""
-        self.dispatcher.wake()
-        if any(isinstance(item.event, WebhookRegistered) for item in events):  # an update too: it may enable
-            self.dispatcher.endpoints_changed()
 
     async def start(self) -> None:
         await self.dispatcher.start()

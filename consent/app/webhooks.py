@@ -52,6 +52,7 @@ class WebhookPorts(Protocol):
     check_url: Callable[[str], Awaitable[Any]]  # consent/adapters/url_guard.py, UrlGuard.destination
     replay: Callable[[Any, int], Awaitable[tuple[int, int, bool]]]  # enqueued, up to position, complete
     wake_sender: Callable[[], None]
+    endpoints_changed: Callable[[], None]  # the dispatcher need not wait for its next idle look
 
 
 def previous_context(webhook_id: str) -> bytes:
@@ -103,6 +104,7 @@ class WebhookService:
         event = WebhookRegistered(occurred_at=now, partner_id=partner_id, webhook_id=webhook_id,
                                   url=_without_query(url), events=wanted)
         await self._publish(await self._ports.endpoints.add(row, event, actor))
+        self._ports.endpoints_changed()
         view = WebhookView.of(row)
         return CreatedWebhook(**{f: getattr(view, f) for f in view.__struct_fields__},
                               secret=SECRET_PREFIX + base64.b64encode(raw).decode())
@@ -139,6 +141,7 @@ class WebhookService:
                                enabled=merged["enabled"])
         await self._change(partner_id, webhook_id, values, event, actor)
         if merged["enabled"]:
+            self._ports.endpoints_changed()
             self._ports.wake_sender()  # enabled again: what waited for it may go
         return WebhookView.of({**merged, "updated_at": now})
 
