@@ -170,7 +170,10 @@ async def test_a_request_finding_every_connection_busy_waits_then_answers_503(po
         await on_app_loop(client, held.aclose)
         assert answer.status_code == 503 and answer.json()["code"] == "unavailable", answer.text
         assert answer.headers["retry-after"] == "1"
-        assert (await client.get("/v1/audit", headers=ADMIN)).status_code == 200  # given back
+        async def answered() -> bool:  # the connections given back, the budget serves again by itself
+            return (await client.get("/v1/audit", headers=ADMIN)).status_code == 200
+
+        await wait_until(answered, timeout=5, what="the budget to serve again")
 
 
 async def test_workers_on_postgresql_and_nats_serve_as_replicas_sharing_the_budget(tmp_path):
