@@ -157,17 +157,26 @@ async def test_a_request_finding_every_connection_busy_waits_then_answers_503(po
     async with AsyncTestClient(create_app(settings)) as client:
         database = client.app.state.container.database
 
-        async def hold_every_connection() -> contextlib.AsyncExitStack:
-            held = contextlib.AsyncExitStack()
-            for engine in (database.engine, database.autocommit_engine):
-                with contextlib.suppress(PoolTimeout):  # every one left (background parts may hold some)
-                    while True:
-                        await held.enter_async_context(engine.connect())
-            return held
+        async def take_every_connection():
+            """Every connection, and any that background parts give back, until told to stop."""
+            stop, held = asyncio.Event(), contextlib.AsyncExitStack()
 
-        held = await on_app_loop(client, hold_every_connection)
+            async def take(engine) -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(PoolTimeout):
+                        await held.enter_async_context(engine.connect())
+
+            return stop, held, [asyncio.create_task(take(e)) for e in (database.engine, database.autocommit_engine)]
+
+        async def give_back(stop, held, takers) -> None:
+            stop.set()
+            await asyncio.gather(*takers)
+            await held.aclose()
+
+        taking = await on_app_loop(client, take_every_connection)
+        await asyncio.sleep(1.0)
         answer = await client.get("/v1/audit", headers=ADMIN)
-        await on_app_loop(client, held.aclose)
+        await on_app_loop(client, give_back, *taking)
         assert answer.status_code == 503 and answer.json()["code"] == "unavailable", answer.text
         assert answer.headers["retry-after"] == "1"
         async def answered() -> bool:  # the connections given back, the budget serves again by itself

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import sqlalchemy as sa
@@ -17,7 +18,9 @@ def counted_queries(client):
     statements: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
+        task = asyncio.current_task()
+        if task is None or not task.get_name().startswith("consent-"):  # not a background loop's (BackgroundLoop)
+            statements.append(statement)
 
     for engine in engines:
         sa.event.listen(engine, "before_cursor_execute", count)
