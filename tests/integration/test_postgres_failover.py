@@ -70,7 +70,10 @@ def formation():
 def start_service(database: str, stream: str, prefix: str, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, **SHARED_KEYS_ENV, "CONSENT_DATABASE_URL": database, "CONSENT_NATS_URL": NATS_URL,
            "CONSENT_ADMIN_KEYS": ADMIN_KEY, "CONSENT_NATS_STREAM": stream, "CONSENT_NATS_SUBJECT_PREFIX": prefix,
-           "CONSENT_LOG_FORMAT": "text"}
+           "CONSENT_LOG_FORMAT": "text",
+           # A failover took 1 s idle and up to 6.7 s on a machine busy with the rest of the suite: the wait
+           # for a primary is set for the slow case, as an operator sets it for their formation.
+           "CONSENT_DATABASE_FAILOVER_WAIT": "15"}
     with log.open("w") as output:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "consent.cli", "serve", "--port", str(port)], env=env,
                                 stdout=output, stderr=subprocess.STDOUT)
@@ -184,7 +187,9 @@ async def test_a_planned_failover_under_load_loses_nothing_and_answers_every_req
 
         failed = [status for status in statuses if not isinstance(status, int) or (status >= 500 and status != 503)]
         assert failed == [], f"answers other than 2xx or 503: {failed}\n{tail(log.read_text(), 40)}"
-        assert len(answers) >= 0.8 * SUBJECTS * LOAD_SECONDS / PERIOD  # the load was the load intended
+        # The load was the load intended, but for the writes a writer could not send while its last one waited
+        # out the failover (each writer waits for its answer).
+        assert len(answers) >= 0.8 * SUBJECTS * (LOAD_SECONDS - slowest) / PERIOD
         assert len(acknowledged) >= 0.8 * len(answers)
 
         # Every acknowledged write is on the new primary: the synchronous secondary had it before the ack.
