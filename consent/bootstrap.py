@@ -34,6 +34,7 @@ from consent.adapters.sql_reads import SqlSubjectReader, load_catalog
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork, recorder_for
 from consent.adapters.subject_keys import SubjectKeys, forget_erased
 from consent.adapters.webhook_parts import WebhookParts
+from consent.adapters.webhook_process import WebhookSenderChild
 from consent.adapters.write_cache import SubjectWriteCache
 from consent.api.auth import Authenticator
 from consent.api.idp_tokens import identity_provider
@@ -258,6 +259,11 @@ class Container:
                                 "mode": self.settings.relay}
             if isinstance(self.relay, RelayChild):
                 details["relay"].update(pid=self.relay.pid, starts=self.relay.starts)
+        sender = self.webhooks.sender
+        if isinstance(sender, WebhookSenderChild):
+            # Not a check: deliveries wait in the ledger while it restarts; decisions and writes go on.
+            details["webhook_sender"] = {"mode": "process", "pid": sender.pid, "starts": sender.starts,
+                                         "listening": sender.listening, "in_flight": sender.in_flight}
         return checks, details
 
 

@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the relay's state as JSON lines on stdout and stop with the parent process "
                             "(how `consent serve` runs it with CONSENT_RELAY=process)")
 
+    sender = command("webhook-sender", "run only webhook senders (POSTs partners' deliveries from the ledger)",
+                     "Needs CONSENT_DATABASE_URL (PostgreSQL, migrated) and CONSENT_MASTER_KEY (it opens the "
+                     "webhooks' secrets); reads CONSENT_WEBHOOK_*. Several may run.")
+    sender.add_argument("--report", action="store_true",
+                        help="write the senders' state as JSON lines on stdout, read the master keys from stdin "
+                             "and stop with the parent process (how `consent serve` runs it with "
+                             "CONSENT_WEBHOOK_SENDER=process)")
+
     db = command("db", "database schema migrations", "Needs CONSENT_DATABASE_URL (default: ./consent.db).")
     db.add_argument("action", choices=["upgrade", "downgrade"])
     db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
@@ -157,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         from consent.adapters.relay_process import run_relay
 
         return asyncio.run(run_relay(settings, report=args.report))
+
+    if args.command == "webhook-sender":
+        from consent.adapters.webhook_process import run_webhook_sender
+
+        return asyncio.run(run_webhook_sender(settings, report=args.report))
 
     if args.command == "projections":
         return asyncio.run(_rebuild(settings))

@@ -65,6 +65,10 @@ class Settings(Struct, frozen=True):
     # Where the outbox relay runs: "inline" (this process's event loop), "process" (a child process
     # that `consent serve` supervises) or "off" (none here: run `consent relay` apart).
     relay: Literal["inline", "process", "off"] = "inline"
+    # Where this replica's webhook senders POST deliveries: "inline" (this process's event loop), "process" (a
+    # child process that `consent serve` supervises) or "off" (none here: run `consent webhook-sender` apart).
+    # The last two need PostgreSQL; the dispatcher that fills the ledger stays in `consent serve`.
+    webhook_sender: Literal["inline", "process", "off"] = "inline"
     # Subjects a partner in the sandbox may ask about: test data only.
     sandbox_subject_prefix: Text = "sandbox-"
     # /health/ready fails while this process's feed is more events than this behind the log.
@@ -156,6 +160,9 @@ class Settings(Struct, frozen=True):
                 parse_key_set(self.receipt_keys, "CONSENT_RECEIPT_KEYS")
         except ValueError as error:
             raise SettingsError(str(error)) from None
+        if self.webhook_sender != "inline" and self.embedded:
+            raise SettingsError("CONSENT_WEBHOOK_SENDER=process or off needs PostgreSQL: the embedded SQLite "
+                                "file has one writer, this process")
         if not self.webhook_retry_schedule or not all(_SECONDS.fullmatch(d) for d in self.webhook_retry_schedule):
             raise SettingsError("CONSENT_WEBHOOK_RETRY_SCHEDULE must be a comma-separated list of seconds, "
                                 "like 5,30,120")

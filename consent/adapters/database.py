@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
-from consent.config import Settings
+from consent.config import MIN_POOL_SIZE, Settings, SettingsError
 
 _json_encode = msgspec.json.Encoder().encode
 # aiosqlite's DEBUG lines quote every statement with its parameters (personal data): never wanted.
@@ -27,6 +27,11 @@ log = logging.getLogger("consent.database")
 
 # The relay's connections, when it runs in a process of its own: its lock session, a transaction, a read.
 RELAY_CONNECTIONS = 3
+# The webhook senders' connections in a process of their own: the listener, a claim and a settlement.
+SENDER_CONNECTIONS = 3
+# The fewest a server process works with: the write batcher's, two held by leaders, two for transactions, one
+# for single statements, one spare (split_budget).
+SERVER_CONNECTIONS = MIN_POOL_SIZE - RELAY_CONNECTIONS
 HELD_SESSIONS = 2  # in a server process: the inline relay's and the webhook dispatcher's lock sessions
 # SQLSTATEs that say "no database to talk to now", not "this statement is wrong": connection exceptions (class
 # 08), shut down by an administrator or a crash, starting up, too many clients, and a read-only transaction
@@ -50,14 +55,23 @@ def split_budget(total: int, batcher: bool) -> tuple[int, int, int]:
     return transactions, max(1, shared - transactions), batcher_share
 
 
-def database_of(settings: Settings, relay_only: bool = False) -> Database:
-    """This process's share of its replica's connection budget: a relay in a child process takes its own
-    RELAY_CONNECTIONS from CONSENT_DATABASE_POOL_SIZE."""
-    relay_apart = settings.nats_url is not None and settings.relay == "process"
-    size = RELAY_CONNECTIONS if relay_only else settings.database_pool_size - (
-        RELAY_CONNECTIONS if relay_apart else 0)
-    return Database(settings.database_url, size, batcher=not relay_only,
+def database_of(settings: Settings, apart: int | None = None) -> Database:
+    """This process's share of its replica's connection budget. A part in a child process of its own (`apart`:
+    the relay's RELAY_CONNECTIONS, the webhook senders' SENDER_CONNECTIONS) takes its connections from
+    CONSENT_DATABASE_POOL_SIZE; the server keeps the rest."""
+    size = apart if apart is not None else settings.database_pool_size - children_connections(settings)
+    if apart is None and size < SERVER_CONNECTIONS:
+        raise SettingsError(f"CONSENT_DATABASE_POOL_SIZE={settings.database_pool_size} leaves the server "
+                            f"{size} connections beside its child processes' {children_connections(settings)}: "
+                            f"set it to at least {SERVER_CONNECTIONS + children_connections(settings)}")
+    return Database(settings.database_url, size, batcher=apart is None,
                     pool_timeout=settings.database_pool_timeout, failover_wait=settings.database_failover_wait)
+
+
+def children_connections(settings: Settings) -> int:
+    """What `consent serve`'s child processes hold of its budget."""
+    relay = RELAY_CONNECTIONS if settings.nats_url is not None and settings.relay == "process" else 0
+    return relay + (SENDER_CONNECTIONS if settings.webhook_sender == "process" else 0)
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

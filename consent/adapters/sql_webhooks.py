@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from consent.adapters.database import Database
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork
 from consent.adapters.tables import webhooks
+from consent.adapters.webhook_ledger import notify_senders
 from consent.app.ports import RecordedEvent
 from consent.domain.events import Event
 from consent.domain.streams import WEBHOOK, stream_of
@@ -53,6 +54,8 @@ class SqlWebhooks:
             statement = statement.where(where)
             if (await conn.execute(statement)).rowcount == 0:
                 return None
+            if values.get("enabled"):
+                await notify_senders(conn)  # enabled again: what waited for it may go
             recorded: list[RecordedEvent] = []
             if event is not None:
                 stream_id = stream_of(WEBHOOK, webhook_id)

@@ -21,6 +21,8 @@ from consent.adapters.database import Database
 from consent.adapters.tables import events, webhook_deliveries, webhooks
 
 UNDELIVERED = ("pending", "failed")
+SENDERS_CHANNEL = "consent_webhooks"
+_NOTIFY = sa.text(f"SELECT pg_notify('{SENDERS_CHANNEL}', '')")
 _d = webhook_deliveries.alias("d")
 _e = webhook_deliveries.alias("e")
 _w = webhooks
@@ -97,6 +99,7 @@ class DeliveryLedger:
                                          .values(status="pending", next_attempt_at=now))
             if changed.rowcount == 0:
                 return None
+            await notify_senders(conn)
             return (await conn.execute(sa.select(*_LEDGER_COLUMNS).where(c.id == delivery_id))).one()
 
     async def undelivered_events(self, webhook_id: str) -> set[Any]:
@@ -109,6 +112,14 @@ class DeliveryLedger:
 async def enqueue(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if rows:
         await conn.execute(sa.insert(webhook_deliveries), rows)
+        await notify_senders(conn)
+
+
+async def notify_senders(conn: AsyncConnection) -> None:
+    """Senders in other processes (consent/adapters/webhook_process.py) listen: woken at the commit, they need
+    not wait for their next look at the ledger."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_NOTIFY)
 
 
 async def grants_before(conn: AsyncConnection, stream_id: str, position: int) -> set[tuple[str | None, str]]:

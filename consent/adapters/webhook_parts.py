@@ -1,6 +1,7 @@
 """The webhook machinery of one process, built from the settings (the composition root, consent/bootstrap.py,
 holds one): the endpoints' store, the delivery ledger, the dispatcher (one leader among the replicas), this
-process's sender, and the use cases the routes call."""
+replica's sender (inline, in a child process, or none: CONSENT_WEBHOOK_SENDER), and the use cases the routes
+call."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from consent.adapters.sql_webhooks import SqlWebhooks
 from consent.adapters.url_guard import UrlGuard
 from consent.adapters.webhook_dispatch import Router, WebhookDispatcher
 from consent.adapters.webhook_ledger import DeliveryLedger
+from consent.adapters.webhook_process import WebhookSenderChild
 from consent.adapters.webhook_replay import Replayer
-from consent.adapters.webhook_sender import WebhookSender
+from consent.adapters.webhook_sender import WebhookSender, sender_of
 from consent.app.ports import Clock
 from consent.app.webhooks import WebhookService
 from consent.app.writing import Publisher
@@ -29,7 +31,7 @@ class _Ports:
         self.ledger = parts.ledger
         self.check_url = parts.guard.destination
         self.replay = parts.replayer
-        self.wake_sender = parts.sender.wake
+        self.wake_sender = parts.wake_sender
         self.endpoints_changed = parts.dispatcher.endpoints_changed
 
 
@@ -41,18 +43,28 @@ class WebhookParts:
         self.guard = UrlGuard(settings.webhook_allow_http, settings.webhook_allowed_hosts)
         router = Router(catalog, settings.event_source, pseudonym_key)
         self.replayer = Replayer(database, self.ledger, router)
-        schedule = tuple(float(delay) for delay in settings.webhook_retry_schedule)
-        self.sender = WebhookSender(self.ledger, keys, self.guard, schedule, self._disable_gone)
-        self.dispatcher = WebhookDispatcher(database, self.ledger, router, self.endpoints, self.sender.wake)
+        # Senders apart hear of new deliveries by NOTIFY (consent/adapters/webhook_process.py).
+        self.sender: WebhookSender | WebhookSenderChild | None = None
+        if settings.webhook_sender == "inline":
+            self.sender = sender_of(settings, self.ledger, keys, self._disable_gone)
+        elif settings.webhook_sender == "process":
+            self.sender = WebhookSenderChild(settings)
+        self.dispatcher = WebhookDispatcher(database, self.ledger, router, self.endpoints, self.wake_sender)
         self.service = WebhookService(_Ports(self), catalog, clock, keys, publisher, settings.credential_overlap)
+
+    def wake_sender(self) -> None:
+        if self.sender is not None:
+            self.sender.wake()
 
     async def _disable_gone(self, partner_id: str, webhook_id: str) -> None:
         await self.service.disable_gone(partner_id, webhook_id)
 
     async def start(self) -> None:
         await self.dispatcher.start()
-        await self.sender.start()
+        if self.sender is not None:
+            await self.sender.start()
 
     async def stop(self) -> None:
         await self.dispatcher.stop()
-        await self.sender.stop()
+        if self.sender is not None:
+            await self.sender.stop()

@@ -28,6 +28,7 @@ from consent.adapters.cipher import CipherError, MasterKeys, UnknownMasterKey
 from consent.adapters.url_guard import UrlGuard
 from consent.adapters.webhook_ledger import DeliveryLedger
 from consent.app.background import BackgroundLoop
+from consent.config import Settings
 from consent.domain.errors import DomainError
 
 log = logging.getLogger("consent.webhooks")
@@ -64,6 +65,12 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None  # an HTTP date: the schedule's delay stands
 
 
+def sender_of(settings: Settings, ledger: DeliveryLedger, keys: MasterKeys | None, disable: Disable) -> WebhookSender:
+    guard = UrlGuard(settings.webhook_allow_http, settings.webhook_allowed_hosts)
+    schedule = tuple(float(delay) for delay in settings.webhook_retry_schedule)
+    return WebhookSender(ledger, keys, guard, schedule, disable)
+
+
 class WebhookSender(BackgroundLoop):
     task_name = "consent-webhook-sender"
 
@@ -84,6 +91,10 @@ class WebhookSender(BackgroundLoop):
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
 
     async def start(self) -> None:
         await super().start()

@@ -13,14 +13,22 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from consent.adapters import migrate
-from consent.adapters.database import HELD_SESSIONS, RELAY_CONNECTIONS, database_of, split_budget
+from consent.adapters.database import (
+    HELD_SESSIONS,
+    RELAY_CONNECTIONS,
+    SENDER_CONNECTIONS,
+    SERVER_CONNECTIONS,
+    database_of,
+    split_budget,
+)
 from consent.api.app import create_app
-from consent.config import MIN_POOL_SIZE, Settings
+from consent.config import MIN_POOL_SIZE, Settings, SettingsError
 from tests.conftest import (
     ADMIN,
     ADMIN_KEY,
@@ -128,26 +136,32 @@ async def _knows_marketing(http: httpx.AsyncClient, base: str) -> bool:
     return (await http.get(f"{base}/v1/purposes/marketing")).status_code == 200
 
 
-@pytest.mark.parametrize("size", [MIN_POOL_SIZE, 20, 64])
-@pytest.mark.parametrize("relay", ["inline", "process"])
-def test_a_replica_can_open_exactly_its_budget(size, relay):
+@pytest.mark.parametrize("size", [None, 20, 64])
+@pytest.mark.parametrize(("relay", "sender"), [("inline", "inline"), ("process", "inline"), ("inline", "process"),
+                                               ("process", "process")])
+def test_a_replica_can_open_exactly_its_budget(size, relay, sender):
+    apart = RELAY_CONNECTIONS * (relay == "process") + SENDER_CONNECTIONS * (sender == "process")
+    size = size or max(MIN_POOL_SIZE, SERVER_CONNECTIONS + apart)  # the least it starts with
     settings = Settings(database_url="postgresql+asyncpg://consent@127.0.0.1/consent", relay=relay,
-                        nats_url="nats://127.0.0.1:4222", database_pool_size=size)
+                        webhook_sender=sender, nats_url="nats://127.0.0.1:4222", database_pool_size=size)
     server = database_of(settings)
     parts = [server.engine, server.autocommit_engine, server.batcher_engine()[0]]
-    if relay == "process":
-        relay_database = database_of(settings, relay_only=True)
-        parts += [relay_database.engine, relay_database.autocommit_engine]
+    for child, connections in (("process" == relay, RELAY_CONNECTIONS), ("process" == sender, SENDER_CONNECTIONS)):
+        if child:
+            database = database_of(settings, apart=connections)
+            parts += [database.engine, database.autocommit_engine]
     assert all(engine.pool._max_overflow == 0 for engine in parts)  # noqa: SLF001 - no overflow above the budget
     assert sum(engine.pool.size() for engine in parts) == size
+    if SERVER_CONNECTIONS + apart > MIN_POOL_SIZE:  # below MIN_POOL_SIZE the setting itself is refused
+        with pytest.raises(SettingsError, match=f"at least {SERVER_CONNECTIONS + apart}"):
+            database_of(msgspec.structs.replace(settings, database_pool_size=SERVER_CONNECTIONS + apart - 1))
 
 
 def test_every_budget_leaves_room_for_the_leaders_sessions_and_the_requests():
-    for size in range(MIN_POOL_SIZE, 200):
-        for relay_apart in (False, True):
-            transactions, statements, batcher = split_budget(size - RELAY_CONNECTIONS * relay_apart, batcher=True)
-            assert transactions >= HELD_SESSIONS + 2 and statements >= 1 and batcher >= 1, size
-            assert transactions + statements + batcher == size - RELAY_CONNECTIONS * relay_apart
+    for size in range(SERVER_CONNECTIONS, 200):
+        transactions, statements, batcher = split_budget(size, batcher=True)
+        assert transactions >= HELD_SESSIONS + 2 and statements >= 1 and batcher >= 1, size
+        assert transactions + statements + batcher == size
 
 
 async def test_a_request_finding_every_connection_busy_waits_then_answers_503(postgresql_url):

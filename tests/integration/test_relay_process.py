@@ -74,7 +74,8 @@ def test_the_relay_child_gets_the_relay_settings_and_no_secrets(monkeypatch):
     assert {k: v for k, v in env.items() if k.startswith("CONSENT_")} == {
         "CONSENT_DATABASE_URL": "postgresql+asyncpg://db/consent", "CONSENT_NATS_URL": "nats://n:4222",
         "CONSENT_NATS_STREAM": "S", "CONSENT_NATS_SUBJECT_PREFIX": "p.consent.v1", "CONSENT_EVENT_SOURCE": "/here",
-        "CONSENT_NATS_REPLICAS": "1", "CONSENT_DATABASE_FAILOVER_WAIT": "5.0"}
+        "CONSENT_NATS_REPLICAS": "1", "CONSENT_DATABASE_FAILOVER_WAIT": "5.0",
+        "CONSENT_DATABASE_POOL_TIMEOUT": "5.0", "CONSENT_LOG_FORMAT": "auto"}
     assert env["PATH"] == os.environ["PATH"]
 
 
