@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 RUNS = ("ceiling", "decisions", "latency", "batch", "writes", "baseline")
-EXTRA_RUNS = ("lag", "propagation", "scale")  # only when named in --only
+EXTRA_RUNS = ("lag", "propagation", "scale", "webhooks")  # only when named in --only
 SERVER_EXTRAS = ("privacy",)  # on the main server, after the seeding; only when named in --only
 TARGETS = {
     "decisions_vs_ceiling": 0.7,     # single decisions / GET /health/live, same connections

@@ -33,6 +33,10 @@ Runs that happen only when named in --only (each starts its own database and ser
                projections rebuild`, then decisions at --connections and --latency-connections over
                random subjects and the server's RSS; ratios between the smallest and largest size
                (targets: within 20 %; rebuild >= 20,000 events/s)
+  webhooks     one server on NATS and a receiver in this process: writes at --write-connections with
+               no webhook, then with one hearing every write; then writes paced near --webhook-rate
+               and a probe withdrawal every 0.1 s: answer to receiver (target p99 < 1 s), and commit
+               to receiver for every delivery
 
 Exit status: 0 when every run completed without errors (whether or not targets were met),
 1 when some request failed (non-2xx, socket errors) or the bench broke, 2 when wrk is missing.
@@ -65,6 +69,7 @@ from consentbench.machine import cpu_model, service_revision, wrk_version
 from consentbench.propagation import propagation_run
 from consentbench.report import report
 from consentbench.scale import scale_run
+from consentbench.webhooks import webhooks_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--write-rate", type=float, default=None, metavar="PER_SECOND",
                         help="lag and propagation: pace the write load near this many writes/s (wrk delay(), "
                              "jittered) instead of as fast as the server answers; the achieved rate is reported")
+    parser.add_argument("--webhook-rate", type=float, default=1000.0, metavar="PER_SECOND",
+                        help="webhooks: the paced write load's rate (default %(default)s)")
+    parser.add_argument("--webhook-samples", type=int, default=200,
+                        help="webhooks: probe withdrawals, one every 0.1 s (default %(default)s)")
+    parser.add_argument("--webhook-sender", choices=("inline", "process"), default=None,
+                        help="CONSENT_WEBHOOK_SENDER of the webhooks server (default: unset, the service's default)")
     parser.add_argument("--scale-subjects", default="10000,1000000",
                         help="comma list of subject counts for the scale run (default %(default)s)")
     parser.add_argument("--scale-cache-size", default="100000",
@@ -193,12 +204,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(bench: Bench) -> None:
-    """The runs named in --only, in order: the default ones, then lag, propagation, scale."""
+    """The runs named in --only, in order: the default ones, then lag, propagation, scale, webhooks."""
     wanted = set(bench.args.only)
     try:
         if wanted & set(RUNS + SERVER_EXTRAS):
             await main_part(bench, wanted)
-        for name, method in (("lag", lag_run), ("propagation", propagation_run), ("scale", scale_run)):
+        for name, method in (("lag", lag_run), ("propagation", propagation_run), ("scale", scale_run),
+                             ("webhooks", webhooks_run)):
             if name in wanted:
                 started = time.monotonic()
                 await method(bench)
