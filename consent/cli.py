@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from consent import cli_catalog, cli_keys
 from consent.adapters import migrate
@@ -164,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "relay":
         from consent.adapters.relay_process import run_relay
 
-        return asyncio.run(run_relay(settings, report=args.report))
+        return _run_loop(run_relay(settings, report=args.report))
 
     if args.command == "webhook-sender":
         from consent.adapters.webhook_process import run_webhook_sender
 
-        return asyncio.run(run_webhook_sender(settings, report=args.report))
+        return _run_loop(run_webhook_sender(settings, report=args.report))
 
     if args.command == "projections":
         return asyncio.run(_rebuild(settings))
@@ -177,6 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return asyncio.run(_verify(settings))
     return _serve(settings, args)
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """A long-running command on uvloop where it is installed (with uvicorn's standard extras), as the server
+    runs: the relay and the webhook senders spend their time in the event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "jittered) instead of as fast as the server answers; the achieved rate is reported")
     parser.add_argument("--webhook-rate", type=float, default=1000.0, metavar="PER_SECOND",
                         help="webhooks: the paced write load's rate (default %(default)s)")
+    parser.add_argument("--webhook-connections", type=int, default=64,
+                        help="webhooks: wrk connections of the paced write load (default %(default)s)")
     parser.add_argument("--webhook-samples", type=int, default=200,
                         help="webhooks: probe withdrawals, one every 0.1 s (default %(default)s)")
     parser.add_argument("--webhook-sender", choices=("inline", "process"), default=None,

@@ -5,8 +5,10 @@ a receiver in this process (asyncio on a thread of its own, keep-alive, loopback
 `webhook-id` arrives. Three parts:
 1. writes at full speed with no webhook (wrk, --write-connections), then again with one webhook of the
    writes' partner hearing every write: the writes' cost of deliveries;
-2. writes paced near --webhook-rate a second while this process withdraws a probe subject's grant every
-   0.1 s: from each withdrawal's answer to its webhook at the receiver (what a partner sees);
+2. writes paced near --webhook-rate a second (--webhook-connections; each waits connections/rate
+   between its requests, so the rate reached is below the one asked by the answers' latency) while this
+   process withdraws a probe subject's grant every 0.1 s: from each withdrawal's answer to its webhook at
+   the receiver (what a partner sees);
 3. from the ledger, commit (`recorded_at`) to arrival for every delivery of part 2, and whether every one
    arrived.
 """
@@ -143,8 +145,10 @@ async def _paced(bench: Bench, http: httpx.AsyncClient, receiver: Receiver, webh
     args = bench.args
     since = (await bench.sql("SELECT coalesce(max(position), 0) AS p FROM events"))[0]["p"]
     load_args = argparse.Namespace(**{**vars(args), "subject_prefix": f"{args.subject_prefix}paced-"})
-    script = lua_writes(load_args, bench.admin_key) + lua_pacing(args.webhook_rate, args.write_connections)
-    load = asyncio.create_task(wrk(bench, "webhooks-paced", script, "/v1/subjects", args.write_connections, 3600))
+    connections = args.webhook_connections
+    load_args.write_connections = connections
+    script = lua_writes(load_args, bench.admin_key) + lua_pacing(args.webhook_rate, connections)
+    load = asyncio.create_task(wrk(bench, "webhooks-paced", script, "/v1/subjects", connections, 3600))
     grant = {"changes": [{**WRITE_KEY, "action": "grant"}], "source": "web", "evidence": EVIDENCE[0]}
     withdraw = {"changes": [{"purpose": WRITE_KEY["purpose"], "partner": WRITE_KEY["partner"],
                              "action": "withdraw"}], "source": "app", "evidence": EVIDENCE[1]}
@@ -187,7 +191,8 @@ async def _paced(bench: Bench, http: httpx.AsyncClient, receiver: Receiver, webh
     if missing or len(probes) < len(acknowledged):
         bench.problems.append(f"run webhooks: {missing} deliveries and {len(acknowledged) - len(probes)} probes "
                               f"never reached the receiver")
-    return {"writes": figures, "cpu": cpu, "probes": len(acknowledged), "probes_arrived": len(probes),
+    return {"writes": figures, "cpu": cpu, "connections": connections, "asked_rate": args.webhook_rate,
+            "probes": len(acknowledged), "probes_arrived": len(probes),
             "probe_p50_ms": percentile(probes, 50), "probe_p99_ms": percentile(probes, 99),
             "probe_max_ms": probes[-1] if probes else None,
             "deliveries": len(rows), "deliveries_arrived": len(every),

@@ -22,10 +22,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-
 from consent.adapters.cipher import CipherError, MasterKeys, UnknownMasterKey
 from consent.adapters.url_guard import UrlGuard
+from consent.adapters.webhook_http import DeliveryError, WebhookHttp
 from consent.adapters.webhook_ledger import DeliveryLedger
 from consent.app.background import BackgroundLoop
 from consent.config import Settings
@@ -83,7 +82,7 @@ class WebhookSender(BackgroundLoop):
         self._disable = disable
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task] = set()
-        self._client: httpx.AsyncClient | None = None
+        self._client: WebhookHttp | None = None
         # Outcomes of finished attempts, written together: one statement for all that finished meanwhile.
         self._outcomes: list[dict[str, Any]] = []
         self._outcome_ready = asyncio.Event()
@@ -128,9 +127,7 @@ class WebhookSender(BackgroundLoop):
             self._wake.set()  # the next delivery of the same subject may be due now
 
     async def _run(self) -> None:
-        # Proxies from the environment are not followed (trust_env): the address checked is the one reached.
-        self._client = httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False, trust_env=False,
-                                         limits=httpx.Limits(max_connections=IN_FLIGHT))
+        self._client = WebhookHttp(keep_per_destination=IN_FLIGHT)
         while True:
             self._wake.clear()
             try:
@@ -197,27 +194,21 @@ class WebhookSender(BackgroundLoop):
         except (CipherError, UnknownMasterKey):
             return None, "secret_unavailable", None
         timestamp = str(int(time.time()))
+        # Sent to the address that was checked, under the URL's own name (Host header, TLS SNI and certificate
+        # check): a second DNS answer cannot send the request elsewhere.
         headers = {"content-type": "application/cloudevents+json", "user-agent": USER_AGENT,
                    "webhook-id": str(delivery.event_id), "webhook-timestamp": timestamp,
                    "webhook-signature": signature_header(secrets, str(delivery.event_id), timestamp, delivery.body)}
-        extensions = {}
-        if destination.address is not None:
-            # Connect to the address that was checked, under the URL's own name (Host header, TLS SNI and
-            # certificate check): a second DNS answer cannot send the request elsewhere.
-            headers["host"] = httpx.URL(delivery.url).netloc.decode()
-            extensions["sni_hostname"] = destination.host
         try:
             async with asyncio.timeout(TIMEOUT):
                 assert self._client is not None
-                async with self._client.stream("POST", destination.pinned_url(), content=delivery.body,
-                                               headers=headers, extensions=extensions) as response:
-                    # The answer's body is never read: a receiver cannot make the service hold a large one.
-                    retry_after = retry_after_seconds(response.headers.get("retry-after"))
-                    return response.status_code, None, retry_after if response.status_code == 429 else None
-        except (TimeoutError, httpx.TimeoutException):
+                answer = await self._client.post(destination, headers, delivery.body)
+        except TimeoutError:
             return None, "timeout", None
-        except httpx.HTTPError:
+        except DeliveryError:
             return None, "connection_error", None
+        retry_after = retry_after_seconds(answer.headers.get("retry-after")) if answer.status == 429 else None
+        return answer.status, None, retry_after
 
     def _secrets(self, delivery: Any) -> list[bytes]:
         if self._keys is None:
