@@ -1,4 +1,5 @@
-"""`consent keys`: a fresh set of secrets, a new receipt signing key, data keys wrapped again."""
+"""`consent keys`: a fresh set of secrets, a new receipt signing key, data keys and webhook secrets wrapped
+again."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ async def rewrap(settings: Settings, batch: int) -> int:
         return 1
     database = Database(settings.database_url)
     try:
-        columns = (TextColumn("rewrapping data keys"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns = (TextColumn("rewrapping data keys and webhook secrets"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
         with Progress(*columns) as bar:
             task = bar.add_task("keys", total=await count_outdated(database, master))
             report = await rewrap_all(database, master, max(batch, 1), lambda n: bar.advance(task, n))
@@ -95,6 +97,7 @@ async def rewrap(settings: Settings, batch: int) -> int:
         return 1
     finally:
         await database.dispose()
-    print(f"{report.rewrapped} data keys rewrapped under master key {master.current_id} in {report.seconds:.1f} s; "
-          f"{report.unreadable} did not unwrap; {report.remaining} not under it now")
+    print(f"{report.rewrapped} data keys rewrapped and {report.resealed} webhook secrets resealed under master key "
+          f"{master.current_id} in {report.seconds:.1f} s; {report.unreadable} did not open; "
+          f"{report.remaining} not under it now")
     return 0 if report.unreadable == 0 else 1

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 import sqlalchemy as sa
+from consent_client.webhooks import WebhookVerificationError, WebhookVerifier
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -21,7 +22,7 @@ from consent.adapters.key_rotation import rewrap_all
 from consent.adapters.log_verify import verify_log
 from consent.adapters.sql_unit_of_work import SqlUnitOfWork
 from consent.adapters.subject_keys import SubjectKeys
-from consent.adapters.tables import consents, events, subject_keys
+from consent.adapters.tables import consents, events, subject_keys, webhooks
 from consent.api.app import create_app
 from consent.config import Settings
 from consent.domain.errors import VersionConflict
@@ -38,6 +39,7 @@ from tests.conftest import (
     user_headers,
 )
 from tests.integration.test_decisions_api import partner_headers, setup_catalog
+from tests.integration.webhook_receiver import Receiver, eventually
 
 CANARY_EMAIL = "canary.erasure@example.com"
 CANARY_IP = "198.51.100.77"
@@ -194,35 +196,85 @@ def run_rewrap(url: str, current: str, old: str = "") -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=120)
 
 
-async def test_rotation_rewraps_every_key_and_history_reads_under_the_new_key_only(settings, database_url):
+@pytest.fixture
+def receiver():
+    started = Receiver().start()
+    yield started
+    started.stop()
+
+
+async def rewrap(url: str, master: MasterKeys) -> tuple[int, int, int, int]:
+    database = Database(url)
+    try:
+        report = await rewrap_all(database, master, batch=2)
+    finally:
+        await database.dispose()
+    return report.rewrapped, report.resealed, report.unreadable, report.remaining
+
+
+async def signers_of_withdrawal(client, receiver: Receiver, subject_id: str, secrets: dict[str, str]) -> set:
+    """A withdrawal reaches both webhooks; for each request, the names of the secrets it verifies with."""
+    event_id = (await grant(client, subject_id, evidence=None, action="withdraw"))["receipts"][0]["event_id"]
+
+    def requests() -> list:
+        return [r for r in receiver.ok() if r.headers["webhook-id"] == event_id]
+    await eventually(lambda: len(requests()) == 2, what="the withdrawal at both webhooks")
+    signers = set()
+    for request in requests():
+        verified = set()
+        for name, secret in secrets.items():
+            try:
+                WebhookVerifier(secret).verify(request.body, request.headers)
+                verified.add(name)
+            except WebhookVerificationError:
+                pass
+        signers.add(frozenset(verified))
+    return signers
+
+
+async def test_rotation_rewraps_every_key_and_history_reads_under_the_new_key_only(settings, database_url, receiver):
     first, second, third = key_text(7), key_text(8), key_text(9)
 
     def app(current: str, *old: str):
-        return AsyncTestClient(create_app(msgspec.structs.replace(settings, master_key=current,
-                                                                  master_keys_old=old)))
+        return AsyncTestClient(create_app(msgspec.structs.replace(
+            settings, master_key=current, master_keys_old=old, webhook_allow_http=True,
+            webhook_allowed_hosts=(receiver.allowed,))))
 
     async with app(first) as client:
         await setup_catalog(client)
+        # Two webhooks sealed by the first key: one as registered, one rotated (its previous secret still signs).
+        secrets = {}
+        for name in ("plain", "rotated"):
+            answer = await client.post("/v1/partners/acme/webhooks", headers=ADMIN, json={"url": receiver.url})
+            assert answer.status_code == 201, answer.text
+            secrets[name], hook_id = answer.json()["secret"], answer.json()["id"]
+        rotated = await client.post(f"/v1/partners/acme/webhooks/{hook_id}/rotate-secret", headers=ADMIN)
+        secrets["before rotation"] = secrets["rotated"]
+        secrets["rotated"] = rotated.json()["secret"]
         for n in range(3):
             await grant(client, f"r-{n}", evidence={"user_note": f"note {n}"})
+        await eventually(lambda: len(receiver.ok()) == 6, what="the grants at both webhooks")
+    expected_signers = {frozenset({"plain"}), frozenset({"rotated", "before rotation"})}
     log_before = await query(database_url, sa.select(events).order_by(events.c.position))
     async with app(second, first) as client:  # replicas restarted with the new key, the old one kept readable
         assert (await history(client, "r-0"))[0]["data"]["evidence"] == {"user_note": "note 0"}
         await grant(client, "r-3", evidence={"user_note": "note 3"})
+        await eventually(lambda: len(receiver.ok()) == 8, what="r-3's grant at both webhooks")
     new_master = MasterKeys(decode_master_key(second, "k"), [decode_master_key(first, "k")])
-    database = Database(database_url)
-    try:
-        report = await rewrap_all(database, new_master, batch=2)
-    finally:
-        await database.dispose()
-    assert (report.rewrapped, report.unreadable, report.remaining) == (3, 0, 0)
+    assert await rewrap(database_url, new_master) == (3, 2, 0, 0)
     wrapped_by = {r.master_key_id for r in await query(database_url, sa.select(subject_keys.c.master_key_id))}
-    assert wrapped_by == {new_master.current_id}
+    sealed = await query(database_url, sa.select(webhooks.c.id, webhooks.c.secret, webhooks.c.previous_secret,
+                                                 webhooks.c.master_key_id).order_by(webhooks.c.id))
+    assert wrapped_by == {r.master_key_id for r in sealed} == {new_master.current_id}
+    assert await rewrap(database_url, new_master) == (0, 0, 0, 0)  # once is enough: a second run changes nothing
+    assert await query(database_url, sa.select(webhooks.c.id, webhooks.c.secret, webhooks.c.previous_secret,
+                                               webhooks.c.master_key_id).order_by(webhooks.c.id)) == sealed
     assert await query(database_url, sa.select(events).order_by(events.c.position)
                        .where(events.c.position <= log_before[-1].position)) == log_before  # events untouched
-    async with app(second) as client:
+    async with app(second) as client:  # the old key dropped: partners' secrets sign as before
         for n in range(4):
             assert (await history(client, f"r-{n}"))[0]["data"]["evidence"] == {"user_note": f"note {n}"}
+        assert await signers_of_withdrawal(client, receiver, "r-0", secrets) == expected_signers
     async with app(first) as client:  # the old key alone opens nothing any more
         answer = await client.get("/v1/subjects/r-0/history", headers=ADMIN)
         assert answer.status_code == 503 and answer.json()["code"] == "master_key_unavailable"
@@ -233,10 +285,11 @@ async def test_rotation_rewraps_every_key_and_history_reads_under_the_new_key_on
     assert refused.returncode == 1 and "Nothing was changed" in refused.stderr, tail(refused.stdout + refused.stderr)
     done = await asyncio.to_thread(run_rewrap, database_url, third, f"{first},{second}")
     assert done.returncode == 0, tail(done.stdout + done.stderr)
-    assert "4 data keys rewrapped" in done.stdout
+    assert "4 data keys rewrapped and 2 webhook secrets resealed" in done.stdout
     assert second not in done.stdout + done.stderr and third not in done.stdout + done.stderr
     async with app(third) as client:
         assert (await history(client, "r-2"))[0]["data"]["evidence"] == {"user_note": "note 2"}
+        assert await signers_of_withdrawal(client, receiver, "r-1", secrets) == expected_signers
 
 
 async def test_postgresql_without_a_master_key_refuses_evidence_and_nothing_else(postgresql_url):
