@@ -107,11 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("file", metavar="FILE", help="JWKS file of Ed25519 private keys (CONSENT_RECEIPT_KEYS)")
     rewrap = actions.add_parser(
         "rewrap",
-        help="wrap every subject's data key again with CONSENT_MASTER_KEY",
-        description="Wrap every subject's data key again with CONSENT_MASTER_KEY, after the old one moved to "
-                    "CONSENT_MASTER_KEYS_OLD; events are not touched. Needs CONSENT_DATABASE_URL (migrated).")
+        help="wrap every subject's data key and seal every webhook secret again with CONSENT_MASTER_KEY",
+        description="Wrap every subject's data key and seal every webhook's signing secret again with "
+                    "CONSENT_MASTER_KEY, after the old one moved to CONSENT_MASTER_KEYS_OLD; events are not "
+                    "touched, partners keep their secrets. Needs CONSENT_DATABASE_URL (migrated).")
     rewrap.add_argument("--batch", type=_at_least(1), default=500,
-                        help="data keys a transaction (default: %(default)s)")
+                        help="data keys, or webhooks, a transaction (default: %(default)s)")
     token = command("user-token", "print an end-user token for a subject (to try the end-user API)",
                     "Signs HS256 with CONSENT_USER_TOKEN_SECRET, as the platform's own login would.")
     token.add_argument("subject", metavar="SUBJECT", help="the subject id the token speaks for (its `sub`)")
