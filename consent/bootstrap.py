@@ -49,7 +49,7 @@ from consent.app.pseudonyms import PseudonymService
 from consent.app.rate_limit import RateLimiter
 from consent.app.read_model import SubjectCache
 from consent.app.receipts import ReceiptIssuer, ReceiptSettings
-from consent.app.scheduler import Scheduler
+from consent.app.scheduler import LedgerRetention, Scheduler
 from consent.app.subject_records import SubjectRecords
 from consent.app.subject_service import SubjectService
 from consent.app.telemetry import Telemetry
@@ -182,7 +182,8 @@ class Container:
         """Built here, started by `start` once the events reach them; each interval 0 leaves its loop off."""
         settings = self.settings
         self.scheduler = Scheduler(self.catalog_service, self.subject_service, settings.scheduler_interval,
-                                   settings.webhook_contract_notice_days)
+                                   settings.webhook_contract_notice_days,
+                                   LedgerRetention(self.webhooks.ledger, self.clock, settings.webhook_ledger_days))
         self.checkpointer = Checkpointer(self.database, settings.checkpoint_interval)
         self.health_flusher = HealthFlusher(self.database, self.telemetry, self.clock,
                                             settings.metrics_flush_interval)

@@ -131,6 +131,8 @@ class Settings(Struct, frozen=True):
     webhook_allow_http: bool = False
     webhook_allowed_hosts: tuple[str, ...] = ()
     webhook_contract_notice_days: Annotated[int, Bounds(at_least=0, unit="days")] = 30
+    # Days a delivered delivery stays in the ledger after its last attempt (dead and undelivered ones stay).
+    webhook_ledger_days: Annotated[int, Bounds(at_least=1, unit="days")] = 30
 
     def __post_init__(self) -> None:
         for field in _FIELDS:

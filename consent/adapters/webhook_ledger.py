@@ -5,6 +5,9 @@ A sender claims due deliveries for a lease (`next_attempt_at` moved past the att
 of its own, with FOR UPDATE SKIP LOCKED on PostgreSQL: one replica attempts each delivery, and a replica
 killed mid-attempt leaves it to another once the lease runs out. Only the oldest undelivered delivery of each
 (webhook, ordering key) is ever due, so one subject's events arrive in order while others' go on.
+
+Delivered rows are pruned once their last attempt is old enough (the scheduler, CONSENT_WEBHOOK_LEDGER_DAYS);
+dead ones stay, for the partner to look at and retry, and so do those still to deliver.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from consent.adapters.database import Database
 from consent.adapters.tables import events, webhook_deliveries, webhooks
 
 UNDELIVERED = ("pending", "failed")
+PRUNE_BATCH = 1000  # rows examined a transaction: SQLite's one writer is held that long at most
 SENDERS_CHANNEL = "consent_webhooks"
 _NOTIFY = sa.text(f"SELECT pg_notify('{SENDERS_CHANNEL}', '')")
 _d = webhook_deliveries.alias("d")
@@ -102,11 +106,40 @@ class DeliveryLedger:
             await notify_senders(conn)
             return (await conn.execute(sa.select(*_LEDGER_COLUMNS).where(c.id == delivery_id))).one()
 
+    async def prune_delivered(self, before: datetime, batch: int = PRUNE_BATCH) -> int:
+        """Deletes delivered deliveries last attempted before `before`; how many went.
+
+        The last attempt is in the `attempts` JSON, read here rather than in SQL so that both databases take the
+        same statement: rows created before `before` are the candidates (none was attempted before it was
+        made), walked in id order, a batch a transaction. A delivery retried meanwhile is pending again, and
+        stays."""
+        c = webhook_deliveries.c
+        pruned, after = 0, 0
+        while True:
+            async with self.transaction() as conn:
+                rows = (await conn.execute(
+                    sa.select(c.id, c.attempts, c.created_at)
+                    .where(c.status == "delivered", c.created_at < before, c.id > after)
+                    .order_by(c.id).limit(batch))).all()
+                old = [row.id for row in rows if _last_attempt(row) < before]
+                if old:
+                    deleted = await conn.execute(sa.delete(webhook_deliveries)
+                                                 .where(c.id.in_(old), c.status == "delivered"))
+                    pruned += deleted.rowcount
+            if len(rows) < batch:
+                return pruned
+            after = rows[-1].id
+
     async def undelivered_events(self, webhook_id: str) -> set[Any]:
         c = webhook_deliveries.c
         async with self._database.reading() as conn:
             return set((await conn.execute(sa.select(c.event_id).where(
                 c.webhook_id == webhook_id, c.status.in_(UNDELIVERED)))).scalars())
+
+
+def _last_attempt(row: Any) -> datetime:
+    attempts = row.attempts
+    return datetime.fromisoformat(attempts[-1]["at"]) if attempts else row.created_at
 
 
 async def enqueue(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
