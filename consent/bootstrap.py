@@ -264,7 +264,9 @@ class Container:
         if isinstance(sender, WebhookSenderChild):
             # Not a check: deliveries wait in the ledger while it restarts; decisions and writes go on.
             details["webhook_sender"] = {"mode": "process", "pid": sender.pid, "starts": sender.starts,
-                                         "listening": sender.listening, "in_flight": sender.in_flight}
+                                         "listening": sender.listening, "in_flight": sender.in_flight,
+                                         "dispatcher_leader": sender.is_leader,
+                                         "dispatched_position": sender.position}
         return checks, details
 
 

@@ -65,9 +65,10 @@ class Settings(Struct, frozen=True):
     # Where the outbox relay runs: "inline" (this process's event loop), "process" (a child process
     # that `consent serve` supervises) or "off" (none here: run `consent relay` apart).
     relay: Literal["inline", "process", "off"] = "inline"
-    # Where this replica's webhook senders POST deliveries: "inline" (this process's event loop), "process" (a
-    # child process that `consent serve` supervises) or "off" (none here: run `consent webhook-sender` apart).
-    # The last two need PostgreSQL; the dispatcher that fills the ledger stays in `consent serve`.
+    # Where this replica delivers partners' webhooks (the dispatcher that fills the ledger from the log, and the
+    # sender that POSTs from it): "inline" (this process's event loop), "process" (a child process that
+    # `consent serve` supervises) or "off" (neither here: run `consent webhook-sender` apart). The last two
+    # need PostgreSQL.
     webhook_sender: Literal["inline", "process", "off"] = "inline"
     # Subjects a partner in the sandbox may ask about: test data only.
     sandbox_subject_prefix: Text = "sandbox-"

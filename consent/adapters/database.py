@@ -27,8 +27,10 @@ log = logging.getLogger("consent.database")
 
 # The relay's connections, when it runs in a process of its own: its lock session, a transaction, a read.
 RELAY_CONNECTIONS = 3
-# The webhook senders' connections in a process of their own: the listener, a claim and a settlement.
-SENDER_CONNECTIONS = 3
+# The webhook process's (consent/adapters/webhook_process.py): two held (the dispatcher's lock session, the
+# senders' listener), the dispatcher's, a claim's and a settlement's transactions, and reads.
+SENDER_CONNECTIONS = 6
+SENDER_HELD = 2
 # The fewest a server process works with: the write batcher's, two held by leaders, two for transactions, one
 # for single statements, one spare (split_budget).
 SERVER_CONNECTIONS = MIN_POOL_SIZE - RELAY_CONNECTIONS
@@ -43,28 +45,29 @@ def _json_serializer(value: object) -> str:
     return _json_encode(value).decode()
 
 
-def split_budget(total: int, batcher: bool) -> tuple[int, int, int]:
+def split_budget(total: int, batcher: bool, held: int | None = None) -> tuple[int, int, int]:
     """`total` connections of one process as (transactions, single statements, the write batcher's own).
 
-    A server process's transactions include HELD_SESSIONS connections that leaders hold for as long as they
-    lead (the inline relay's and the webhook dispatcher's advisory locks): the rest must not wait for them."""
+    Transactions include `held` connections that parts hold for as long as they run (a server process's
+    HELD_SESSIONS: the inline relay's and the webhook dispatcher's advisory locks): the rest must not wait
+    for them."""
     batcher_share = min(4, max(1, total // 5)) if batcher else 0
-    held = HELD_SESSIONS if batcher else 0
+    held = (HELD_SESSIONS if batcher else 0) if held is None else held
     shared = total - batcher_share
     transactions = max(2, (shared - held) // 4) + held
     return transactions, max(1, shared - transactions), batcher_share
 
 
-def database_of(settings: Settings, apart: int | None = None) -> Database:
+def database_of(settings: Settings, apart: int | None = None, held: int = 0) -> Database:
     """This process's share of its replica's connection budget. A part in a child process of its own (`apart`:
-    the relay's RELAY_CONNECTIONS, the webhook senders' SENDER_CONNECTIONS) takes its connections from
-    CONSENT_DATABASE_POOL_SIZE; the server keeps the rest."""
+    the relay's RELAY_CONNECTIONS, the webhook process's SENDER_CONNECTIONS, `held` of them for as long as it
+    runs) takes its connections from CONSENT_DATABASE_POOL_SIZE; the server keeps the rest."""
     size = apart if apart is not None else settings.database_pool_size - children_connections(settings)
     if apart is None and size < SERVER_CONNECTIONS:
         raise SettingsError(f"CONSENT_DATABASE_POOL_SIZE={settings.database_pool_size} leaves the server "
                             f"{size} connections beside its child processes' {children_connections(settings)}: "
                             f"set it to at least {SERVER_CONNECTIONS + children_connections(settings)}")
-    return Database(settings.database_url, size, batcher=apart is None,
+    return Database(settings.database_url, size, batcher=apart is None, held=None if apart is None else held,
                     pool_timeout=settings.database_pool_timeout, failover_wait=settings.database_failover_wait)
 
 
@@ -109,15 +112,15 @@ def unavailable(error: BaseException) -> bool:
 
 
 class Database:
-    def __init__(self, url: str, pool_size: int = 20, *, batcher: bool = True, pool_timeout: float = 5.0,
-                 failover_wait: float = 5.0) -> None:
+    def __init__(self, url: str, pool_size: int = 20, *, batcher: bool = True, held: int | None = None,
+                 pool_timeout: float = 5.0, failover_wait: float = 5.0) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.failover_wait = failover_wait
         # Statement parameters carry personal data: never in SQLAlchemy's log lines or error messages.
         options: dict = {"json_serializer": _json_serializer, "json_deserializer": msgspec.json.decode,
                          "hide_parameters": True}
-        transactions, statements, self._batcher_share = split_budget(pool_size, batcher)
+        transactions, statements, self._batcher_share = split_budget(pool_size, batcher, held)
         if self.is_sqlite:
             options["connect_args"] = {"timeout": 30}
         else:

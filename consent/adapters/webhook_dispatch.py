@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,8 +111,10 @@ class WebhookDispatcher(BackgroundLoop):
     task_name = "consent-webhook-dispatcher"
 
     def __init__(self, database: Database, ledger: DeliveryLedger, router: Router, endpoints,
-                 on_enqueued: Callable[[], None]) -> None:
+                 on_enqueued: Callable[[], None],
+                 before_routing: Callable[[list[RecordedEvent]], Awaitable[None]] | None = None) -> None:
         self._database = database
+        self._before_routing = before_routing  # a process without a live catalog reads it again here
         self._ledger = ledger
         self._router = router
         self._endpoints = endpoints  # SqlWebhooks: the enabled endpoints, read every batch
@@ -203,8 +205,11 @@ class WebhookDispatcher(BackgroundLoop):
         if not batch:
             return cursor
         after = (batch[-1][0], batch[-1][1].position)
+        recorded = [r for _, r in batch]
+        if self._before_routing is not None:
+            await self._before_routing(recorded)
         async with self._ledger.transaction() as conn:
-            deliveries, mappings = await self._router.route(conn, [r for _, r in batch], endpoints, datetime.now(UTC))
+            deliveries, mappings = await self._router.route(conn, recorded, endpoints, datetime.now(UTC))
             await enqueue(conn, deliveries)
             if mappings:
                 await conn.execute(self._database.upsert(pseudonyms).on_conflict_do_nothing(), mappings)

@@ -1,7 +1,7 @@
 """The webhook machinery of one process, built from the settings (the composition root, consent/bootstrap.py,
 holds one): the endpoints' store, the delivery ledger, the dispatcher (one leader among the replicas), this
-replica's sender (inline, in a child process, or none: CONSENT_WEBHOOK_SENDER), and the use cases the routes
-call."""
+replica's sender (inline, both in a child process, or neither: CONSENT_WEBHOOK_SENDER), and the use cases the
+routes call."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class _Ports:
         self.check_url = parts.guard.destination
         self.replay = parts.replayer
         self.wake_sender = parts.wake_sender
-        self.endpoints_changed = parts.dispatcher.endpoints_changed
+        self.endpoints_changed = parts.endpoints_changed
 
 
 class WebhookParts:
@@ -43,28 +43,32 @@ class WebhookParts:
         self.guard = UrlGuard(settings.webhook_allow_http, settings.webhook_allowed_hosts)
         router = Router(catalog, settings.event_source, pseudonym_key)
         self.replayer = Replayer(database, self.ledger, router)
-        # Senders apart hear of new deliveries by NOTIFY (consent/adapters/webhook_process.py).
+        self.service = WebhookService(_Ports(self), catalog, clock, keys, publisher, settings.credential_overlap)
+        # Delivery: the dispatcher follows the log into the ledger, the sender POSTs from it. In this process,
+        # in a child process of its own, or elsewhere (`consent webhook-sender`).
+        self.dispatcher: WebhookDispatcher | None = None
         self.sender: WebhookSender | WebhookSenderChild | None = None
         if settings.webhook_sender == "inline":
-            self.sender = sender_of(settings, self.ledger, keys, self._disable_gone)
+            self.sender = sender_of(settings, self.ledger, keys, self.service.disable_gone)
+            self.dispatcher = WebhookDispatcher(database, self.ledger, router, self.endpoints, self.sender.wake)
         elif settings.webhook_sender == "process":
             self.sender = WebhookSenderChild(settings)
-        self.dispatcher = WebhookDispatcher(database, self.ledger, router, self.endpoints, self.wake_sender)
-        self.service = WebhookService(_Ports(self), catalog, clock, keys, publisher, settings.credential_overlap)
 
     def wake_sender(self) -> None:
-        if self.sender is not None:
+        """Only an inline sender: the others are woken by NOTIFY."""
+        if isinstance(self.sender, WebhookSender):
             self.sender.wake()
 
-    async def _disable_gone(self, partner_id: str, webhook_id: str) -> None:
-        await self.service.disable_gone(partner_id, webhook_id)
+    def endpoints_changed(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.endpoints_changed()
 
     async def start(self) -> None:
-        await self.dispatcher.start()
-        if self.sender is not None:
-            await self.sender.start()
+        for part in (self.dispatcher, self.sender):
+            if part is not None:
+                await part.start()
 
     async def stop(self) -> None:
-        await self.dispatcher.stop()
-        if self.sender is not None:
-            await self.sender.stop()
+        for part in (self.dispatcher, self.sender):
+            if part is not None:
+                await part.stop()

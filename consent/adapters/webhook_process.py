@@ -1,16 +1,20 @@
-"""Webhook senders in a process of their own (`consent webhook-sender`, and CONSENT_WEBHOOK_SENDER=process).
+"""Webhook delivery in a process of its own (`consent webhook-sender`, and CONSENT_WEBHOOK_SENDER=process): the
+dispatcher that follows the log into the ledger, and the sender that POSTs from it.
 
-Inline, a sender's claims, POSTs and settlements share the HTTP server's event loop: with a webhook hearing
-every write they take CPU from the writes themselves. Apart, the kernel schedules them beside the server.
+Inline, both share the HTTP server's event loop: with a webhook hearing every write they take CPU from the
+writes themselves. Apart, the kernel schedules them beside the server, which then only serves requests (the
+webhook routes, replays included, write to the ledger themselves).
 
-The dispatcher stays in `consent serve` (it routes events with the catalog this process keeps current); the
-ledger is the hand-over. A sender apart LISTENs on the channel that every enqueue and retry NOTIFYs
-(consent/adapters/webhook_ledger.py), and looks at the ledger every second anyway (retries falling due).
-Several may run, on any replicas: SKIP LOCKED gives each delivery to one.
+Without requests to serve, this process keeps no live catalog: it reads it at start and again before routing
+a batch of events that holds a catalog event (the catalog's tables are written in that event's transaction).
+Its sender is woken by its dispatcher, and by the NOTIFY that every retry and re-enabling sends
+(consent/adapters/webhook_ledger.py); it looks at the ledger every second anyway (retries falling due).
+Several may run, on any replicas: the dispatcher's lock picks one leader, SKIP LOCKED gives each delivery to
+one sender.
 
-`consent webhook-sender` reads its settings like every command, CONSENT_MASTER_KEY included (it opens the
-webhooks' secrets). With `--report` it is a child of `consent serve` (consent/adapters/child_process.py): its
-master keys come as one JSON line on standard input, not in its environment.
+`consent webhook-sender` reads its settings like every command, CONSENT_MASTER_KEY (the webhooks' secrets) and
+CONSENT_PSEUDONYM_KEY (pairwise partners' pseudonyms) included. With `--report` it is a child of `consent serve`
+(consent/adapters/child_process.py): those keys come as one JSON line on standard input, not in its environment.
 """
 
 from __future__ import annotations
@@ -25,17 +29,21 @@ import msgspec
 import sqlalchemy as sa
 
 from consent.adapters.child_process import ChildProcess, child_env, report_until_stopped
-from consent.adapters.database import SENDER_CONNECTIONS, Database, database_of
+from consent.adapters.database import SENDER_CONNECTIONS, SENDER_HELD, Database, database_of
 from consent.adapters.master_key import master_keys
 from consent.adapters.memory_bus import InProcessBus
+from consent.adapters.sql_reads import load_catalog
 from consent.adapters.sql_webhooks import SqlWebhooks
+from consent.adapters.webhook_dispatch import Router, WebhookDispatcher
 from consent.adapters.webhook_ledger import SENDERS_CHANNEL, DeliveryLedger
 from consent.adapters.webhook_sender import sender_of
 from consent.app.background import BackgroundLoop
-from consent.app.ports import SystemClock
+from consent.app.ports import RecordedEvent, SystemClock
 from consent.app.webhooks import WebhookService
 from consent.app.writing import Publisher
 from consent.config import Settings
+from consent.domain.catalog import Catalog
+from consent.domain.streams import CATALOG_STREAMS, stream_kind
 
 log = logging.getLogger("consent.webhooks")
 
@@ -48,29 +56,56 @@ async def run_webhook_sender(settings: Settings, report: bool = False) -> int:
         return 2
     if report:
         settings = msgspec.structs.replace(settings, **_keys_from(sys.stdin.readline()))
-    database = database_of(settings, apart=SENDER_CONNECTIONS)
+    database = database_of(settings, apart=SENDER_CONNECTIONS, held=SENDER_HELD)
     keys = master_keys(settings)
-    endpoints = SqlWebhooks(database)
+    catalog = CatalogCopy(database)
+    endpoints, ledger = SqlWebhooks(database), DeliveryLedger(database)
     # A 410 disables the webhook, recorded in its stream like any change; nobody in this process listens.
-    gone = WebhookService(_EndpointsOnly(endpoints), lambda: None, SystemClock(), keys,  # type: ignore[arg-type]
+    gone = WebhookService(_EndpointsOnly(endpoints), catalog, SystemClock(), keys,  # type: ignore[arg-type]
                           Publisher(InProcessBus()), settings.credential_overlap)
-    sender = sender_of(settings, DeliveryLedger(database), keys, gone.disable_gone)
+    sender = sender_of(settings, ledger, keys, gone.disable_gone)
+    pseudonym_key = settings.pseudonym_key.encode() if settings.pseudonym_key is not None else None
+    dispatcher = WebhookDispatcher(database, ledger, Router(catalog, settings.event_source, pseudonym_key),
+                                   endpoints, sender.wake, catalog.follow)
     listener = Listener(database, sender.wake)
-    await sender.start()
-    await listener.start()
+    parts = (sender, listener, dispatcher)
+    await catalog.load()
+    for part in parts:
+        await part.start()
     try:
-        await report_until_stopped(lambda: {"listening": listener.listening, "in_flight": sender.in_flight},
+        await report_until_stopped(lambda: {"listening": listener.listening, "in_flight": sender.in_flight,
+                                            "leader": dispatcher.is_leader, "position": dispatcher.position},
                                    report, "webhook sender")
     finally:
-        await listener.stop()
-        await sender.stop()
+        for part in reversed(parts):
+            await part.stop()
         await database.dispose()
     return 0
 
 
 def _keys_from(line: str) -> dict[str, Any]:
     given = json.loads(line) if line.strip() else {}
-    return {"master_key": given.get("master_key"), "master_keys_old": tuple(given.get("master_keys_old", ()))}
+    return {"master_key": given.get("master_key"), "master_keys_old": tuple(given.get("master_keys_old", ())),
+            "pseudonym_key": given.get("pseudonym_key")}
+
+
+class CatalogCopy:
+    """The catalog for routing, read from its tables: at start, and before a batch that changes it."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._catalog = Catalog()
+
+    def __call__(self) -> Catalog:
+        return self._catalog
+
+    async def load(self) -> None:
+        async with self._database.reading() as conn:
+            self._catalog, _ = await load_catalog(conn)
+
+    async def follow(self, batch: list[RecordedEvent]) -> None:
+        if any(stream_kind(recorded.stream_id) in CATALOG_STREAMS for recorded in batch):
+            await self.load()
 
 
 class _EndpointsOnly:
@@ -118,7 +153,7 @@ def sender_env(settings: Settings) -> dict[str, str]:
         "CONSENT_WEBHOOK_RETRY_SCHEDULE": ",".join(settings.webhook_retry_schedule),
         "CONSENT_WEBHOOK_ALLOW_HTTP": "1" if settings.webhook_allow_http else "0",
         "CONSENT_WEBHOOK_ALLOWED_HOSTS": ",".join(settings.webhook_allowed_hosts),
-        "CONSENT_CREDENTIAL_OVERLAP": str(settings.credential_overlap)})
+        "CONSENT_CREDENTIAL_OVERLAP": str(settings.credential_overlap), "CONSENT_EVENT_SOURCE": settings.event_source})
 
 
 class WebhookSenderChild(ChildProcess):
@@ -128,16 +163,19 @@ class WebhookSenderChild(ChildProcess):
     command = "webhook-sender"
 
     def __init__(self, settings: Settings) -> None:
-        keys = {"master_key": settings.master_key, "master_keys_old": list(settings.master_keys_old)}
+        keys = {"master_key": settings.master_key, "master_keys_old": list(settings.master_keys_old),
+                "pseudonym_key": settings.pseudonym_key}
         super().__init__(sender_env(settings), json.dumps(keys).encode())
-        self.listening = False
-        self.in_flight = 0
+        self.listening = self.is_leader = False
+        self.in_flight = self.position = 0
 
     def wake(self) -> None:
-        """Nothing to do: the child is woken by the NOTIFY of every enqueue."""
+        """Nothing to do: the child's dispatcher wakes its sender, NOTIFY does the rest."""
 
     def reported(self, state: dict[str, Any]) -> None:
         self.listening, self.in_flight = bool(state["listening"]), int(state["in_flight"])
+        self.is_leader, self.position = bool(state["leader"]), int(state["position"])
 
     def exited(self) -> None:
-        self.listening, self.in_flight = False, 0
+        self.listening = self.is_leader = False
+        self.in_flight = 0

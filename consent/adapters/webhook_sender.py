@@ -167,8 +167,10 @@ class WebhookSender(BackgroundLoop):
             if status is not None and 200 <= status < 300:
                 self._record(delivery.id, "delivered", attempts, None)
             elif status == 410:
-                self._record(delivery.id, "failed", attempts, datetime.now(UTC))
+                # Disabled before the outcome is settled: settled first, the delivery would be due at once and
+                # claimed again while its webhook was still enabled.
                 await self._disable(delivery.partner_id, delivery.webhook_id)
+                self._record(delivery.id, "failed", attempts, datetime.now(UTC))
             else:
                 retriable = status is None or status >= 500 or status == 429
                 delay = next_delay(self._schedule, len(attempts), retry_after) if retriable else None
