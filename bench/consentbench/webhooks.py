@@ -9,8 +9,8 @@ a receiver in this process (asyncio on a thread of its own, keep-alive, loopback
    between its requests, so the rate reached is below the one asked by the answers' latency) while this
    process withdraws a probe subject's grant every 0.1 s: from each withdrawal's answer to its webhook at
    the receiver (what a partner sees);
-3. from the ledger, commit (`recorded_at`) to arrival for every delivery of part 2, and whether every one
-   arrived.
+3. from the ledger, commit (`recorded_at`) to arrival for every delivery of parts 1 and 2, and whether every
+   one arrived.
 """
 
 from __future__ import annotations
@@ -102,8 +102,10 @@ async def webhooks_run(bench: Bench) -> None:
             if sender:
                 extra["webhook sender"] = sender
             await wait_quiet(bench, "webhooks (one webhook)")
+            since = await _head(bench)
             result["writes_with_webhook"] = await _full_speed(bench, extra, "heard")
             result["drained_after_s"] = await _drained(bench, hook["id"], ARRIVAL_WAIT)
+            result["writes_with_webhook"].update(await _arrivals(bench, receiver, hook["id"], since))
             await wait_quiet(bench, "webhooks (paced)")
             result["paced"] = await _paced(bench, http, receiver, hook["id"], extra)
         server.check_alive()
@@ -143,7 +145,7 @@ async def _drained(bench: Bench, webhook_id: str, limit: float) -> float | None:
 async def _paced(bench: Bench, http: httpx.AsyncClient, receiver: Receiver, webhook_id: str,
                  extra: dict[str, int]) -> dict[str, Any]:
     args = bench.args
-    since = (await bench.sql("SELECT coalesce(max(position), 0) AS p FROM events"))[0]["p"]
+    since = await _head(bench)
     load_args = argparse.Namespace(**{**vars(args), "subject_prefix": f"{args.subject_prefix}paced-"})
     connections = args.webhook_connections
     load_args.write_connections = connections
@@ -182,20 +184,28 @@ async def _paced(bench: Bench, http: httpx.AsyncClient, receiver: Receiver, webh
         await asyncio.sleep(0.1)
     probes = sorted(1000 * max(0.0, receiver.arrived[e] - t) for e, t in acknowledged.items() if e in receiver.arrived)
     await _drained(bench, webhook_id, ARRIVAL_WAIT)
+    if len(probes) < len(acknowledged):
+        bench.problems.append(f"run webhooks: {len(acknowledged) - len(probes)} probes never reached the receiver")
+    return {"writes": figures, "cpu": cpu, "connections": connections, "asked_rate": args.webhook_rate,
+            "probes": len(acknowledged), "probes_arrived": len(probes),
+            "probe_p50_ms": percentile(probes, 50), "probe_p99_ms": percentile(probes, 99),
+            "probe_max_ms": probes[-1] if probes else None, **await _arrivals(bench, receiver, webhook_id, since)}
+
+
+async def _head(bench: Bench) -> int:
+    return (await bench.sql("SELECT coalesce(max(position), 0) AS p FROM events"))[0]["p"]
+
+
+async def _arrivals(bench: Bench, receiver: Receiver, webhook_id: str, since: int) -> dict[str, Any]:
+    """Commit (`recorded_at`) to the receiver for every delivery of events after position `since`."""
     rows = await bench.sql("SELECT d.event_id::text AS event_id, extract(epoch FROM e.recorded_at) AS committed "
                            "FROM webhook_deliveries d JOIN events e ON e.event_id = d.event_id "
                            "WHERE d.webhook_id = $1 AND e.position > $2", webhook_id, since)
     every = sorted(1000 * max(0.0, receiver.arrived[r["event_id"]] - float(r["committed"]))
                    for r in rows if r["event_id"] in receiver.arrived)
-    missing = len(rows) - len(every)
-    if missing or len(probes) < len(acknowledged):
-        bench.problems.append(f"run webhooks: {missing} deliveries and {len(acknowledged) - len(probes)} probes "
-                              f"never reached the receiver")
-    return {"writes": figures, "cpu": cpu, "connections": connections, "asked_rate": args.webhook_rate,
-            "probes": len(acknowledged), "probes_arrived": len(probes),
-            "probe_p50_ms": percentile(probes, 50), "probe_p99_ms": percentile(probes, 99),
-            "probe_max_ms": probes[-1] if probes else None,
-            "deliveries": len(rows), "deliveries_arrived": len(every),
+    if len(every) < len(rows):
+        bench.problems.append(f"run webhooks: {len(rows) - len(every)} deliveries never reached the receiver")
+    return {"deliveries": len(rows), "deliveries_arrived": len(every),
             "commit_to_receiver_p50_ms": percentile(every, 50), "commit_to_receiver_p99_ms": percentile(every, 99),
             "commit_to_receiver_max_ms": every[-1] if every else None}
 
@@ -204,7 +214,10 @@ def _log(result: dict[str, Any]) -> None:
     without, with_hook, paced = result["writes_without_webhook"], result["writes_with_webhook"], result["paced"]
     log(f"  writes at full speed: {without['rps']:,.0f}/s without a webhook, {with_hook['rps']:,.0f}/s with one "
         f"hearing every write ({with_hook['rps'] / without['rps']:.2f}); backlog delivered "
-        f"{result['drained_after_s']} s after")
+        f"{result['drained_after_s']} s after; commit -> receiver p50 "
+        f"{fmt(with_hook['commit_to_receiver_p50_ms'], 1)} ms, p99 {fmt(with_hook['commit_to_receiver_p99_ms'], 1)} "
+        f"ms, max {fmt(with_hook['commit_to_receiver_max_ms'], 1)} ms ({with_hook['deliveries_arrived']:,} of "
+        f"{with_hook['deliveries']:,})")
     log(f"  paced: {paced['writes']['rps']:,.0f} writes/s (p99 {fmt(paced['writes']['p99_ms'], 2)} ms); "
         f"withdrawal answered -> receiver p50 {fmt(paced['probe_p50_ms'], 1)} ms, p99 "
         f"{fmt(paced['probe_p99_ms'], 1)} ms, max {fmt(paced['probe_max_ms'], 1)} ms "
