@@ -9,6 +9,7 @@ import base64
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -310,6 +311,12 @@ class Bench:
         await self.delete_streams()
         self.credential = None
         self.admin_key = None
+
+    def interrupt_wrk(self) -> None:
+        """End a background wrk run now: on SIGINT wrk reports what it did so far."""
+        if self.wrk_proc is not None and self.wrk_proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.wrk_proc.send_signal(signal.SIGINT)
 
     async def stop_wrk(self) -> None:
         if self.wrk_proc is not None and self.wrk_proc.returncode is None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
-import signal
 import time
 from typing import Any
 
@@ -150,9 +148,7 @@ async def propagation_probe(bench: Bench, a: Server, b: Server, on_a: httpx.Asyn
             behind += answer["position"] < written["position"]
         cpu = meter.stop()
     finally:
-        if bench.wrk_proc is not None and bench.wrk_proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                bench.wrk_proc.send_signal(signal.SIGINT)  # wrk reports what it did so far
+        bench.interrupt_wrk()
     result = await load
     bench.flag_errors("propagation (background writes on A)", result)
     a.check_alive()

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import secrets
-import signal
 import threading
 import time
 from typing import Any
@@ -174,9 +172,7 @@ async def _paced(bench: Bench, http: httpx.AsyncClient, receiver: Receiver, webh
             await asyncio.sleep(max(0.0, started + (n + 1) * PROBE_EVERY - time.monotonic()))
         cpu = meter.stop()
     finally:
-        if bench.wrk_proc is not None and bench.wrk_proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                bench.wrk_proc.send_signal(signal.SIGINT)  # wrk reports what it did so far
+        bench.interrupt_wrk()
     figures = await load
     bench.flag_errors("webhooks (paced writes)", figures)
     deadline = time.monotonic() + ARRIVAL_WAIT
