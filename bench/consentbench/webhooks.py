@@ -2,7 +2,7 @@
 
 One server on PostgreSQL + NATS (the production configuration; --webhook-sender sets where its senders run),
 a receiver in this process (asyncio on a thread of its own, keep-alive, loopback) that notes when each
-`webhook-id` arrives. Three parts:
+`webhook-id` arrives. Four parts:
 1. writes at full speed with no webhook (wrk, --write-connections), then again with one webhook of the
    writes' partner hearing every write: the writes' cost of deliveries;
 2. writes paced near --webhook-rate a second (--webhook-connections; each waits connections/rate
@@ -10,7 +10,9 @@ a receiver in this process (asyncio on a thread of its own, keep-alive, loopback
    process withdraws a probe subject's grant every 0.1 s: from each withdrawal's answer to its webhook at
    the receiver (what a partner sees);
 3. from the ledger, commit (`recorded_at`) to arrival for every delivery of parts 1 and 2, and whether every
-   one arrived.
+   one arrived;
+4. decisions at full speed (--connections) alone, beside writes paced near BESIDE_RATE with the webhook
+   disabled, then beside the same writes each heard by the webhook: what deliveries cost decisions.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import httpx
 from consentbench.cpu_meter import CpuMeter
 from consentbench.figures import fmt, log, percentile
 from consentbench.harness import Bench
-from consentbench.lua import lua_pacing, lua_writes
+from consentbench.lua import lua_decisions, lua_pacing, lua_writes
 from consentbench.machine import free_port
-from consentbench.seed import seed_catalog
+from consentbench.seed import partner_token, seed_catalog
 from consentbench.workload import EVIDENCE, WRITE_KEY
 from consentbench.wrk_runs import wait_quiet, wrk
 
+BESIDE_RATE = 500  # writes a second asked beside the decisions run
 PROBE_EVERY = 0.1  # seconds between probe withdrawals
 ARRIVAL_WAIT = 60.0  # seconds to wait after the load for the last deliveries
 
@@ -106,6 +109,7 @@ async def webhooks_run(bench: Bench) -> None:
             result["writes_with_webhook"].update(await _arrivals(bench, receiver, hook["id"], since))
             await wait_quiet(bench, "webhooks (paced)")
             result["paced"] = await _paced(bench, http, receiver, hook["id"], extra)
+            result["decisions"] = await _decisions(bench, http, hook["id"])
         server.check_alive()
         result["service"] = bench.server_revision
         bench.results.setdefault("runs", {})["webhooks"] = result
@@ -188,6 +192,31 @@ async def _paced(bench: Bench, http: httpx.AsyncClient, receiver: Receiver, webh
             "probe_max_ms": probes[-1] if probes else None, **await _arrivals(bench, receiver, webhook_id, since)}
 
 
+async def _decisions(bench: Bench, http: httpx.AsyncClient, webhook_id: str) -> dict[str, Any]:
+    """Decisions at full speed (--connections): alone, beside writes paced near BESIDE_RATE with the webhook
+    disabled, and beside the same writes each heard by the webhook: what deliveries cost decisions."""
+    args = bench.args
+    path = f"/v1/partners/{WRITE_KEY['partner']}/webhooks/{webhook_id}"
+    decide = lua_decisions(args, await partner_token(bench, http))
+    figures: dict[str, Any] = {}
+    for label, enabled in (("alone", None), ("beside_writes", False), ("beside_writes_and_deliveries", True)):
+        await wait_quiet(bench, f"webhooks (decisions {label})")
+        load = None
+        if enabled is not None:
+            await bench.expect(await http.patch(path, headers=bench.admin(), json={"enabled": enabled}), 200)
+            load_args = argparse.Namespace(**{**vars(args), "subject_prefix": f"{args.subject_prefix}{label}-"})
+            writes = lua_writes(load_args, bench.admin_key) + lua_pacing(BESIDE_RATE, args.write_connections)
+            load = asyncio.create_task(wrk(bench, "webhooks-beside", writes, "/v1/subjects", args.write_connections,
+                                           int(args.duration + args.warmup + 2)))
+            await asyncio.sleep(args.warmup)
+        figures[label] = await wrk(bench, "webhooks-decisions", decide, "/v1/decisions", args.connections,
+                                   int(args.duration))
+        bench.flag_errors(f"webhooks (decisions {label})", figures[label])
+        if load is not None:
+            figures[label]["writes_beside"] = await load
+    return figures
+
+
 async def _head(bench: Bench) -> int:
     return (await bench.sql("SELECT coalesce(max(position), 0) AS p FROM events"))[0]["p"]
 
@@ -221,3 +250,8 @@ def _log(result: dict[str, Any]) -> None:
     log(f"  every delivery, commit -> receiver: p50 {fmt(paced['commit_to_receiver_p50_ms'], 1)} ms, p99 "
         f"{fmt(paced['commit_to_receiver_p99_ms'], 1)} ms, max {fmt(paced['commit_to_receiver_max_ms'], 1)} ms "
         f"({paced['deliveries_arrived']:,} of {paced['deliveries']:,})")
+    decisions = result["decisions"]
+    log("  decisions at full speed: " + ", ".join(
+        f"{label.replace('_', ' ')} {figures['rps']:,.0f}/s" + (
+            f" (writes {figures['writes_beside']['rps']:,.0f}/s)" if "writes_beside" in figures else "")
+        for label, figures in decisions.items()))
