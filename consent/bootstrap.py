@@ -237,6 +237,8 @@ class Container:
         if self.relay is not None:
             facts["relay_leader"] = int(self.relay.is_leader)
             facts["relay_published_position"] = self.relay.published_position
+        if self.webhooks.sender is not None:
+            facts["webhook_attempts"] = dict(self.webhooks.sender.attempts)
         return facts
 
     async def readiness(self) -> tuple[dict[str, bool], dict[str, object]]:

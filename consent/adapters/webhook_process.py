@@ -74,7 +74,8 @@ async def run_webhook_sender(settings: Settings, report: bool = False) -> int:
         await part.start()
     try:
         await report_until_stopped(lambda: {"listening": listener.listening, "in_flight": sender.in_flight,
-                                            "leader": dispatcher.is_leader, "position": dispatcher.position},
+                                            "leader": dispatcher.is_leader, "position": dispatcher.position,
+                                            "attempts": sender.attempts},
                                    report, "webhook sender")
     finally:
         for part in reversed(parts):
@@ -168,6 +169,13 @@ class WebhookSenderChild(ChildProcess):
         super().__init__(sender_env(settings), json.dumps(keys).encode())
         self.listening = self.is_leader = False
         self.in_flight = self.position = 0
+        self._attempts: dict[str, int] = {}  # the running child's
+        self._attempts_before: dict[str, int] = {}  # its predecessors': a counter never goes back
+
+    @property
+    def attempts(self) -> dict[str, int]:
+        return {status: self._attempts_before.get(status, 0) + self._attempts.get(status, 0)
+                for status in self._attempts_before.keys() | self._attempts.keys()}
 
     def wake(self) -> None:
         """Nothing to do: the child's dispatcher wakes its sender, NOTIFY does the rest."""
@@ -175,7 +183,9 @@ class WebhookSenderChild(ChildProcess):
     def reported(self, state: dict[str, Any]) -> None:
         self.listening, self.in_flight = bool(state["listening"]), int(state["in_flight"])
         self.is_leader, self.position = bool(state["leader"]), int(state["position"])
+        self._attempts = {str(status): int(count) for status, count in state["attempts"].items()}
 
     def exited(self) -> None:
         self.listening = self.is_leader = False
         self.in_flight = 0
+        self._attempts_before, self._attempts = self.attempts, {}

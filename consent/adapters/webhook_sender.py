@@ -87,6 +87,7 @@ class WebhookSender(BackgroundLoop):
         self._outcomes: list[dict[str, Any]] = []
         self._outcome_ready = asyncio.Event()
         self._settler: asyncio.Task | None = None
+        self.attempts: dict[str, int] = {}  # attempts made by this process, by the delivery's status after them
 
     def wake(self) -> None:
         self._wake.set()
@@ -182,6 +183,7 @@ class WebhookSender(BackgroundLoop):
             log.warning("webhook delivery %s not settled (%s)", delivery.id, type(error).__name__)
 
     def _record(self, delivery_id: int, status: str, attempts: list[dict], next_attempt_at: datetime | None) -> None:
+        self.attempts[status] = self.attempts.get(status, 0) + 1
         self._outcomes.append({"delivery_id": delivery_id, "status": status, "attempts": attempts,
                                "next_attempt_at": next_attempt_at})
         self._outcome_ready.set()

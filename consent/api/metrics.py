@@ -48,6 +48,13 @@ class ServiceCollector(Collector):
                                     value=facts["relay_leader"])
             yield GaugeMetricFamily("consent_relay_published_position", "Last log position published to NATS",
                                     value=facts["relay_published_position"])
+        if "webhook_attempts" in facts:
+            attempts = CounterMetricFamily(
+                "consent_webhook_attempts", "Webhook delivery attempts made by this replica, by the delivery's status "
+                "after them (delivered; failed: to be retried; dead: given up)", labels=["status"])
+            for status in ("delivered", "failed", "dead"):
+                attempts.add_metric([status], facts["webhook_attempts"].get(status, 0))
+            yield attempts
         yield from traffic_metrics(facts["telemetry"])
 
 

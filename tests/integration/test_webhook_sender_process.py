@@ -106,6 +106,7 @@ async def test_a_child_process_delivers_signed_restarts_after_sigkill_and_disabl
             environ = Path(f"/proc/{child['pid']}/environ").read_bytes().split(b"\0")
             assert not [v for v in environ if v.startswith((b"CONSENT_MASTER_KEY", b"CONSENT_ADMIN_KEYS"))]
 
+            await wait_until(lambda: attempts_counted(http, delivered=3), timeout=5, what="the child's count")
             os.kill(child["pid"], signal.SIGKILL)
             second = {await grant(http, f"v-{n}") for n in range(3)}  # while the child is dead or restarting
             await wait_until(lambda: _async(delivered(receiver) == first | second), timeout=20,
@@ -121,6 +122,8 @@ async def test_a_child_process_delivers_signed_restarts_after_sigkill_and_disabl
             async def disabled() -> bool:
                 return (await http.get(f"/v1/partners/acme/webhooks/{webhook['id']}")).json()["enabled"] is False
             await wait_until(disabled, timeout=10, what="the webhook disabled by the child")
+            # Counted across both children: the parent's counter does not go back when one dies.
+            await wait_until(lambda: attempts_counted(http, delivered=6, failed=1), timeout=5, what="the count")
             assert await stream_types(postgresql_url, f"webhook:{webhook['id']}") == [
                 ("webhook.registered", "admin:"), ("webhook.disabled", "system")]
             assert gone not in delivered(receiver)
@@ -166,6 +169,12 @@ async def test_senders_apart_deliver_only_while_one_runs(postgresql_url, tmp_pat
 def test_senders_apart_need_postgresql():
     with pytest.raises(SettingsError, match="CONSENT_WEBHOOK_SENDER"):
         Settings(webhook_sender="process")
+
+
+async def attempts_counted(http: httpx.AsyncClient, **expected: int) -> bool:
+    metrics = (await http.get("/metrics")).text
+    return all(f'consent_webhook_attempts_total{{status="{status}"}} {count}.0' in metrics
+               for status, count in expected.items())
 
 
 async def stream_types(database_url: str, stream_id: str) -> list[tuple[str, str]]:

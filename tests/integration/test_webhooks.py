@@ -107,6 +107,9 @@ async def test_retries_after_500s_then_success_under_the_same_webhook_id(hooked,
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
     (entry,) = await until(hooked, lambda entries: entries[0]["status"] == "delivered", webhook)
     assert [a["status"] for a in entry["attempts"]] == [500, 503, 429, 200]
+    metrics = (await hooked.get("/metrics", headers=ADMIN)).text
+    assert 'consent_webhook_attempts_total{status="failed"} 3.0' in metrics
+    assert 'consent_webhook_attempts_total{status="delivered"} 1.0' in metrics
 
 
 async def test_a_receiver_down_for_a_while_gets_every_event_once_it_is_up(hooked, receiver):
