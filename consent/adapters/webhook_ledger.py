@@ -109,24 +109,23 @@ class DeliveryLedger:
     async def prune_delivered(self, before: datetime, batch: int = PRUNE_BATCH) -> int:
         """Deletes delivered deliveries last attempted before `before`; how many went.
 
-        The last attempt is in the `attempts` JSON, read here rather than in SQL so that both databases take the
-        same statement: rows created before `before` are the candidates (none was attempted before it was
-        made), walked in id order, a batch a transaction. A delivery retried meanwhile is pending again, and
-        stays."""
+        The ledger is walked in id order from its start, a batch a transaction, and only as far as the first
+        row made after `before` (ids grow with `created_at`: what follows is newer): a round reads the old part
+        and one batch, never the whole table. The last attempt is in the `attempts` JSON, read here so that
+        both databases take the same statements; a delivery retried meanwhile is pending again, and stays."""
         c = webhook_deliveries.c
         pruned, after = 0, 0
         while True:
             async with self.transaction() as conn:
-                rows = (await conn.execute(
-                    sa.select(c.id, c.attempts, c.created_at)
-                    .where(c.status == "delivered", c.created_at < before, c.id > after)
-                    .order_by(c.id).limit(batch))).all()
-                old = [row.id for row in rows if _last_attempt(row) < before]
+                rows = (await conn.execute(sa.select(c.id, c.status, c.attempts, c.created_at)
+                                           .where(c.id > after).order_by(c.id).limit(batch))).all()
+                old = [row.id for row in rows if row.status == "delivered" and row.created_at < before
+                       and _last_attempt(row) < before]
                 if old:
                     deleted = await conn.execute(sa.delete(webhook_deliveries)
                                                  .where(c.id.in_(old), c.status == "delivered"))
                     pruned += deleted.rowcount
-            if len(rows) < batch:
+            if len(rows) < batch or rows[-1].created_at >= before:
                 return pruned
             after = rows[-1].id
 

@@ -21,14 +21,15 @@ from tests.integration.test_webhooks import change, ledger, register, until, web
 from tests.integration.webhook_receiver import Receiver
 
 DAYS = 7  # not the default 30: the setting is what counts
-# Days ago each subject's delivery was made, and attempted (the last attempt is the one that counts).
+# Days ago each subject's delivery was made, and attempted (the last attempt is the one that counts); made in
+# this order, as the dispatcher makes them: the older, the smaller the id.
 AGES = {
-    "fresh": (0, [0]),
-    "old-1": (DAYS + 1, [DAYS + 1]),
     "old-dead": (DAYS + 20, [DAYS + 20]),  # answered 400: dead at once
     "retried": (DAYS + 10, [DAYS + 10, 1]),  # delivered long ago, sent again yesterday by a retry
     "old-2": (DAYS + 3, [DAYS + 3, DAYS + 2]),
+    "old-1": (DAYS + 1, [DAYS + 1]),
     "within": (DAYS - 1, [DAYS - 1]),
+    "fresh": (0, [0]),
 }
 KEPT = {"fresh", "old-dead", "retried", "within"}
 
