@@ -20,11 +20,13 @@ async def wrk(bench: Bench, name: str, script: str, path: str, connections: int,
     command = [bench.args.wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
                "-s", str(script_path), f"{bench.base_url}{path}", "--", str(bench.wrk_runs)]
     bench.wrk_runs += 1
-    bench.wrk_proc = await asyncio.create_subprocess_exec(
+    # bench.wrk_proc is the latest run's, for interrupt_wrk and the clean-up; two may run at once.
+    process = bench.wrk_proc = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await bench.wrk_proc.communicate()
-    code = bench.wrk_proc.returncode
-    bench.wrk_proc = None
+    stdout, stderr = await process.communicate()
+    code = process.returncode
+    if bench.wrk_proc is process:
+        bench.wrk_proc = None
     line = next((x for x in stdout.decode().splitlines() if x.startswith("BENCH_RESULT ")), None)
     if code != 0 or line is None:
         raise RuntimeError(f"wrk failed ({code}): {shlex.join(command)}\n{stdout.decode()}{stderr.decode()}")
