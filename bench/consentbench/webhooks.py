@@ -109,7 +109,7 @@ async def webhooks_run(bench: Bench) -> None:
             result["writes_with_webhook"].update(await _arrivals(bench, receiver, hook["id"], since))
             await wait_quiet(bench, "webhooks (paced)")
             result["paced"] = await _paced(bench, http, receiver, hook["id"], extra)
-            result["decisions"] = await _decisions(bench, http, hook["id"])
+            result["decisions"] = await _decisions(bench, http, hook["id"], extra)
         server.check_alive()
         result["service"] = bench.server_revision
         bench.results.setdefault("runs", {})["webhooks"] = result
@@ -127,6 +127,7 @@ async def _full_speed(bench: Bench, extra: dict[str, int], prefix: str) -> dict[
     figures = await wrk(bench, "webhooks-writes", lua_writes(load_args, bench.admin_key), "/v1/subjects",
                         args.write_connections, int(args.duration))
     figures["cpu"] = meter.stop()
+    figures["server_us_per_write"] = 10_000 * figures["cpu"]["server_core_pct"] / figures["rps"]
     bench.flag_errors("webhooks (writes)", figures)
     log(f"  writes: {figures['rps']:,.0f}/s, p99 {fmt(figures['p99_ms'], 2)} ms")
     return figures
@@ -192,7 +193,7 @@ async def _paced(bench: Bench, http: httpx.AsyncClient, receiver: Receiver, webh
             "probe_max_ms": probes[-1] if probes else None, **await _arrivals(bench, receiver, webhook_id, since)}
 
 
-async def _decisions(bench: Bench, http: httpx.AsyncClient, webhook_id: str) -> dict[str, Any]:
+async def _decisions(bench: Bench, http: httpx.AsyncClient, webhook_id: str, extra: dict[str, int]) -> dict[str, Any]:
     """Decisions at full speed (--connections): alone, beside writes paced near BESIDE_RATE with the webhook
     disabled, and beside the same writes each heard by the webhook: what deliveries cost decisions."""
     args = bench.args
@@ -209,8 +210,13 @@ async def _decisions(bench: Bench, http: httpx.AsyncClient, webhook_id: str) -> 
             load = asyncio.create_task(wrk(bench, "webhooks-beside", writes, "/v1/subjects", args.write_connections,
                                            int(args.duration + args.warmup + 2)))
             await asyncio.sleep(args.warmup)
+        meter = CpuMeter(bench.server_pid, bench.database, dict(extra))
+        meter.start()
         figures[label] = await wrk(bench, "webhooks-decisions", decide, "/v1/decisions", args.connections,
                                    int(args.duration))
+        cpu = figures[label]["cpu"] = meter.stop()
+        # The server's own CPU a decision: what the rest of the machine takes does not count against it.
+        figures[label]["server_us_per_decision"] = 10_000 * cpu["server_core_pct"] / figures[label]["rps"]
         bench.flag_errors(f"webhooks (decisions {label})", figures[label])
         if load is not None:
             figures[label]["writes_beside"] = await load
@@ -238,7 +244,8 @@ async def _arrivals(bench: Bench, receiver: Receiver, webhook_id: str, since: in
 def _log(result: dict[str, Any]) -> None:
     without, with_hook, paced = result["writes_without_webhook"], result["writes_with_webhook"], result["paced"]
     log(f"  writes at full speed: {without['rps']:,.0f}/s without a webhook, {with_hook['rps']:,.0f}/s with one "
-        f"hearing every write ({with_hook['rps'] / without['rps']:.2f}); backlog delivered "
+        f"hearing every write ({with_hook['rps'] / without['rps']:.2f}; server CPU a write "
+        f"{without['server_us_per_write']:.0f} / {with_hook['server_us_per_write']:.0f} µs); backlog delivered "
         f"{result['drained_after_s']} s after; commit -> receiver p50 "
         f"{fmt(with_hook['commit_to_receiver_p50_ms'], 1)} ms, p99 {fmt(with_hook['commit_to_receiver_p99_ms'], 1)} "
         f"ms, max {fmt(with_hook['commit_to_receiver_max_ms'], 1)} ms ({with_hook['deliveries_arrived']:,} of "
@@ -252,6 +259,7 @@ def _log(result: dict[str, Any]) -> None:
         f"({paced['deliveries_arrived']:,} of {paced['deliveries']:,})")
     decisions = result["decisions"]
     log("  decisions at full speed: " + ", ".join(
-        f"{label.replace('_', ' ')} {figures['rps']:,.0f}/s" + (
+        f"{label.replace('_', ' ')} {figures['rps']:,.0f}/s ({figures['server_us_per_decision']:.0f} µs of server "
+        f"CPU each)" + (
             f" (writes {figures['writes_beside']['rps']:,.0f}/s)" if "writes_beside" in figures else "")
         for label, figures in decisions.items()))
