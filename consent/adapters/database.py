@@ -172,6 +172,16 @@ class Database:
             self._write_lock.release()
 
     @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; on SQLite, taken in turn with this process's other writers."""
+        await self.acquire_writer()
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        finally:
+            self.release_writer()
+
+    @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
         async with self.autocommit_engine.connect() as conn:
             yield conn

@@ -59,27 +59,23 @@ async def rewrap_all(database: Database, master: MasterKeys, batch: int = BATCH,
     rewrapped = unreadable = 0
     after = ""
     while True:
-        await database.acquire_writer()
-        try:
-            async with database.engine.begin() as conn:
-                rows = (await conn.execute(
-                    sa.select(subject_keys.c.subject_id, subject_keys.c.key_id, subject_keys.c.wrapped_key,
-                              subject_keys.c.master_key_id)
-                    .where(outdated, subject_keys.c.subject_id > after)
-                    .order_by(subject_keys.c.subject_id).limit(batch))).all()
-                updates = []
-                for row in rows:
-                    try:
-                        key = master.unwrap(row.subject_id, row.key_id, row.wrapped_key, row.master_key_id)
-                    except CipherError:
-                        unreadable += 1
-                        continue
-                    updates.append({"b_subject": row.subject_id, "b_key": row.key_id, "b_old": row.master_key_id,
-                                    "b_wrapped": master.wrap(row.subject_id, key), "b_new": master.current_id})
-                if updates:
-                    await conn.execute(_UPDATE, updates)
-        finally:
-            database.release_writer()
+        async with database.writing() as conn:
+            rows = (await conn.execute(
+                sa.select(subject_keys.c.subject_id, subject_keys.c.key_id, subject_keys.c.wrapped_key,
+                          subject_keys.c.master_key_id)
+                .where(outdated, subject_keys.c.subject_id > after)
+                .order_by(subject_keys.c.subject_id).limit(batch))).all()
+            updates = []
+            for row in rows:
+                try:
+                    key = master.unwrap(row.subject_id, row.key_id, row.wrapped_key, row.master_key_id)
+                except CipherError:
+                    unreadable += 1
+                    continue
+                updates.append({"b_subject": row.subject_id, "b_key": row.key_id, "b_old": row.master_key_id,
+                                "b_wrapped": master.wrap(row.subject_id, key), "b_new": master.current_id})
+            if updates:
+                await conn.execute(_UPDATE, updates)
         if not rows:
             break
         rewrapped += len(updates)
@@ -98,30 +94,26 @@ async def reseal_webhook_secrets(database: Database, master: MasterKeys, batch: 
     resealed = unopened = 0
     after = ""
     while True:
-        await database.acquire_writer()
-        try:
-            async with database.engine.begin() as conn:
-                rows = (await conn.execute(
-                    sa.select(webhooks.c.id, webhooks.c.secret, webhooks.c.previous_secret, webhooks.c.master_key_id)
-                    .where(webhooks.c.master_key_id != master.current_id, webhooks.c.id > after)
-                    .order_by(webhooks.c.id).limit(batch))).all()
-                updates = []
-                for row in rows:
-                    try:
-                        secret = master.open(row.id.encode(), row.secret, row.master_key_id)
-                        previous = (None if row.previous_secret is None else
-                                    master.open(previous_context(row.id), row.previous_secret, row.master_key_id))
-                    except CipherError:
-                        unopened += 1
-                        continue
-                    updates.append({
-                        "b_id": row.id, "b_sealed": row.secret, "b_old": row.master_key_id,
-                        "b_secret": master.seal(row.id.encode(), secret), "b_new": master.current_id,
-                        "b_previous": None if previous is None else master.seal(previous_context(row.id), previous)})
-                if updates:
-                    await conn.execute(_RESEAL, updates)
-        finally:
-            database.release_writer()
+        async with database.writing() as conn:
+            rows = (await conn.execute(
+                sa.select(webhooks.c.id, webhooks.c.secret, webhooks.c.previous_secret, webhooks.c.master_key_id)
+                .where(webhooks.c.master_key_id != master.current_id, webhooks.c.id > after)
+                .order_by(webhooks.c.id).limit(batch))).all()
+            updates = []
+            for row in rows:
+                try:
+                    secret = master.open(row.id.encode(), row.secret, row.master_key_id)
+                    previous = (None if row.previous_secret is None else
+                                master.open(previous_context(row.id), row.previous_secret, row.master_key_id))
+                except CipherError:
+                    unopened += 1
+                    continue
+                updates.append({
+                    "b_id": row.id, "b_sealed": row.secret, "b_old": row.master_key_id,
+                    "b_secret": master.seal(row.id.encode(), secret), "b_new": master.current_id,
+                    "b_previous": None if previous is None else master.seal(previous_context(row.id), previous)})
+            if updates:
+                await conn.execute(_RESEAL, updates)
         if not rows:
             return resealed, unopened
         resealed += len(updates)

@@ -68,12 +68,8 @@ class HealthFlusher(BackgroundLoop):
             return len(rows)
 
     async def _write(self, statement, rows: list[dict] | None = None) -> None:
-        await self._database.acquire_writer()  # SQLite's single writer; nothing on PostgreSQL
-        try:
-            async with self._database.engine.begin() as conn:
-                await conn.execute(statement, rows)
-        finally:
-            self._database.release_writer()
+        async with self._database.writing() as conn:
+            await conn.execute(statement, rows)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -54,9 +54,5 @@ class SqlPseudonyms:
         """Idempotent: the same key, partner and subject always give the same pseudonym."""
         insert = self._database.upsert(pseudonyms).values(
             partner_id=partner_id, pseudonym=pseudonym, subject_id=subject_id).on_conflict_do_nothing()
-        await self._database.acquire_writer()
-        try:
-            async with self._database.engine.begin() as conn:
-                await conn.execute(insert)
-        finally:
-            self._database.release_writer()
+        async with self._database.writing() as conn:
+            await conn.execute(insert)

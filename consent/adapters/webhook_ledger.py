@@ -50,14 +50,10 @@ class DeliveryLedger:
         is. A crash may forget the last moments of dispatching, claiming and settling; then events are
         dispatched again from the cursor as it was and delivered again under the same `webhook-id`: at least
         once, as promised. Waiting for the flush put a disk write between a commit and its webhook, twice."""
-        await self._database.acquire_writer()
-        try:
-            async with self._database.engine.begin() as conn:
-                if not self._database.is_sqlite:
-                    await conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-                yield conn
-        finally:
-            self._database.release_writer()
+        async with self._database.writing() as conn:
+            if not self._database.is_sqlite:
+                await conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+            yield conn
 
     async def claim(self, now: datetime, limit: int, lease_until: datetime) -> list[Any]:
         """Due deliveries, each the oldest undelivered one of its (webhook, key), leased to this process."""

@@ -6,18 +6,14 @@ without a sender, `consent webhook-sender` apart."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 from consent_client.webhooks import WebhookVerifier
 
 from tests.conftest import ADMIN, ADMIN_KEY, SHARED_KEYS_ENV, empty_tables
 from tests.integration.test_events_faults import free_port, ready, wait_until
-from tests.integration.test_events_nats import MARKETING
+from tests.integration.test_webhook_sender_process import catalog_and_webhook, start, stop
 from tests.integration.webhook_receiver import Receiver
 
 RETRY_SCHEDULE = "3,3,3,3,3,3,3,3"  # room to stop the refusing sender before the delivery's next attempt
@@ -28,21 +24,6 @@ def environment(database_url: str, allowed_hosts: str) -> dict[str, str]:
     return {**os.environ, **SHARED_KEYS_ENV, "CONSENT_DATABASE_URL": database_url, "CONSENT_ADMIN_KEYS": ADMIN_KEY,
             "CONSENT_WEBHOOK_SENDER": "off", "CONSENT_WEBHOOK_ALLOW_HTTP": "1",
             "CONSENT_WEBHOOK_ALLOWED_HOSTS": allowed_hosts, "CONSENT_WEBHOOK_RETRY_SCHEDULE": RETRY_SCHEDULE}
-
-
-def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "consent.cli", *command], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 async def test_a_sender_refuses_an_address_its_settings_forbid_even_though_registration_allowed_it(
@@ -58,13 +39,7 @@ async def test_a_sender_refuses_an_address_its_settings_forbid_even_though_regis
     try:
         await wait_until(lambda: ready(base), timeout=30, what="the service")
         async with httpx.AsyncClient(base_url=base, headers=ADMIN) as http:
-            await http.put("/v1/scopes/orders", json={"title": "O", "description": "", "sensitivity": "low"})
-            await http.put("/v1/purposes/marketing", json=MARKETING)
-            await http.put("/v1/partners/acme", json={"name": "Acme", "status": "active",
-                                                      "data_uses": {"marketing": ["orders"]}})
-            registered = await http.post("/v1/partners/acme/webhooks", json={"url": receiver.url})
-            assert registered.status_code == 201, registered.text  # the server's settings allow the address
-            webhook = registered.json()
+            webhook = await catalog_and_webhook(http, receiver)  # the server's settings allow the address
             granted = await http.post("/v1/subjects/u-1/consents", json={
                 "changes": [{"purpose": "marketing", "partner": "acme", "action": "grant"}]})
             assert granted.status_code == 200, granted.text

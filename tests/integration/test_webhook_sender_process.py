@@ -45,6 +45,7 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
 
 
 URL_TOKEN = "canary-url-token-7f3e0c"  # a partner's own token in its webhook's query: never in a log line
