@@ -53,6 +53,10 @@ class _Connection:
     def close(self) -> None:
         self.writer.close()
 
+    def usable(self) -> bool:
+        """Not ended by the receiver meanwhile: neither closed (EOF) nor reset (an error waiting in the reader)."""
+        return not (self.writer.is_closing() or self.reader.at_eof() or self.reader.exception() is not None)
+
 
 class _Parsed:
     """httptools' callbacks: what an answer says, as it arrives."""
@@ -61,18 +65,29 @@ class _Parsed:
         self.headers: dict[str, str] = {}
         self.headers_done = self.complete = False
         self.body_bytes = 0
+        self.keep_alive = self.interim = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code() if self.parser is not None else 0
+        if 100 <= status < 200 and status != 101:  # an interim answer: the final one follows
+            self.headers, self.interim = {}, True
+            return
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
+        # llhttp forgets the answer's framing once the message is done: asked afterwards, it always says no.
+        self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
 
 
 class _Stale(Exception):
@@ -114,7 +129,7 @@ class WebhookHttp:
         now = time.monotonic()
         while connections:
             connection = connections.pop()
-            if now - connection.idle_since < IDLE_LIMIT and not connection.reader.at_eof():
+            if now - connection.idle_since < IDLE_LIMIT and connection.usable():
                 return connection
             connection.close()
         return None
@@ -130,7 +145,7 @@ class WebhookHttp:
 
     async def _exchange(self, key: _Key, connection: _Connection, request: bytes, reused: bool) -> Answer:
         parsed = _Parsed()
-        parser = httptools.HttpResponseParser(parsed)
+        parser = parsed.parser = httptools.HttpResponseParser(parsed)
         received = False
         try:
             connection.writer.write(request)
@@ -144,7 +159,7 @@ class WebhookHttp:
                 received = True
                 parser.feed_data(data)
             answer = Answer(parser.get_status_code(), parsed.headers)
-            if await self._drained(connection, parser, parsed) and parser.should_keep_alive():
+            if await self._drained(connection, parser, parsed) and parsed.keep_alive:
                 self._keep_alive(key, connection)
             else:
                 connection.close()
@@ -154,6 +169,8 @@ class WebhookHttp:
             raise
         except (OSError, ssl.SSLError, httptools.HttpParserError) as error:
             connection.close()
+            if reused and not received and isinstance(error, OSError):  # reset by the receiver meanwhile
+                raise _Stale from None
             raise DeliveryError(type(error).__name__) from None
         except BaseException:  # cancelled, or the caller's time ran out: the connection's state is unknown
             connection.close()
