@@ -33,7 +33,9 @@ from consent.domain.errors import DomainError
 log = logging.getLogger("consent.webhooks")
 
 TIMEOUT = 10.0  # seconds for a whole attempt: connect, send, answer
-LEASE = timedelta(seconds=60)  # a claimed delivery is left to other replicas only after this
+# A claimed delivery is left to other replicas only after this: three attempts' time, so that a live sender
+# has settled it long before, and a killed one holds it back no longer than needed.
+LEASE = timedelta(seconds=3 * TIMEOUT)
 IN_FLIGHT = 64  # attempts running at once in one process
 IDLE_CHECK = 1.0  # seconds between looks at the ledger without a wake-up (retries fall due; other replicas)
 LONGEST_RETRY_AFTER = 86_400.0

@@ -14,6 +14,7 @@ import sys
 import httpx
 from consent_client.webhooks import WebhookVerifier
 
+from consent.adapters.webhook_sender import LEASE
 from tests.conftest import ADMIN, ADMIN_KEY, NATS_URL, SHARED_KEYS_ENV, empty_tables
 from tests.integration.test_events_faults import free_port, ready, wait_until
 from tests.integration.test_events_nats import MARKETING, stream_messages
@@ -67,7 +68,10 @@ async def test_a_delivery_survives_sigkill_mid_retry(postgresql_url, nats_names,
 
         async def all_delivered() -> bool:
             return {r.headers["webhook-id"] for r in receiver.ok()} == event_ids
-        await wait_until(all_delivered, timeout=30, what="every event delivered after the restart")
+        # An attempt the SIGKILL cut off is left alone until its lease runs out (the killed process might still
+        # have been sending it): up to LEASE, then the restarted service claims it.
+        await wait_until(all_delivered, timeout=LEASE.total_seconds() + 20, what="every event delivered after the "
+                         "restart")
         for received in receiver.received:  # refused or not, every attempt carried the event id
             assert received.headers["webhook-id"] in event_ids
             WebhookVerifier(webhook["secret"]).verify(received.body, received.headers)
