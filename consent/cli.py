@@ -66,11 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the relay's state as JSON lines on stdout and stop with the parent process "
                             "(how `consent serve` runs it with CONSENT_RELAY=process)")
 
-    sender = command("webhook-sender", "run only webhook senders (POSTs partners' deliveries from the ledger)",
-                     "Needs CONSENT_DATABASE_URL (PostgreSQL, migrated) and CONSENT_MASTER_KEY (it opens the "
-                     "webhooks' secrets); reads CONSENT_WEBHOOK_*. Several may run.")
+    sender = command("webhook-sender", "run only webhook delivery (the log into the ledger, the ledger to partners)",
+                     "Needs CONSENT_DATABASE_URL (PostgreSQL, migrated), CONSENT_MASTER_KEY (it opens the webhooks' "
+                     "secrets) and CONSENT_PSEUDONYM_KEY (pairwise partners); reads CONSENT_WEBHOOK_*. Several may "
+                     "run: one dispatches, all send.")
     sender.add_argument("--report", action="store_true",
-                        help="write the senders' state as JSON lines on stdout, read the master keys from stdin "
+                        help="write its state as JSON lines on stdout, read the master and pseudonym keys from stdin "
                              "and stop with the parent process (how `consent serve` runs it with "
                              "CONSENT_WEBHOOK_SENDER=process)")
 

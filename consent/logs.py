@@ -225,8 +225,8 @@ def logging_config(log_format: str = "auto", level: str = "INFO") -> dict[str, A
         # Uvicorn's loggers keep no handlers of their own: their lines reach the root's.
         "loggers": {**{name: {"level": level, "handlers": [], "propagate": True}
                        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
-                    # httpx notes every request at INFO, URL and all: a webhook's URL may carry a partner's
-                    # token in its query, and a line per delivery costs the sender as much as the request.
+                    # httpx (`consent catalog`, libraries) notes every request at INFO, URL and all: a URL may
+                    # carry a token in its query.
                     **{name: {"level": "WARNING"} for name in ("httpx", "httpcore")}},
     }
 

@@ -62,11 +62,12 @@ def database_of(settings: Settings, apart: int | None = None, held: int = 0) -> 
     """This process's share of its replica's connection budget. A part in a child process of its own (`apart`:
     the relay's RELAY_CONNECTIONS, the webhook process's SENDER_CONNECTIONS, `held` of them for as long as it
     runs) takes its connections from CONSENT_DATABASE_POOL_SIZE; the server keeps the rest."""
-    size = apart if apart is not None else settings.database_pool_size - children_connections(settings)
+    children = children_connections(settings)
+    size = apart if apart is not None else settings.database_pool_size - children
     if apart is None and size < SERVER_CONNECTIONS:
         raise SettingsError(f"CONSENT_DATABASE_POOL_SIZE={settings.database_pool_size} leaves the server "
-                            f"{size} connections beside its child processes' {children_connections(settings)}: "
-                            f"set it to at least {SERVER_CONNECTIONS + children_connections(settings)}")
+                            f"{size} connections beside its child processes' {children}: "
+                            f"set it to at least {SERVER_CONNECTIONS + children}")
     return Database(settings.database_url, size, batcher=apart is None, held=None if apart is None else held,
                     pool_timeout=settings.database_pool_timeout, failover_wait=settings.database_failover_wait)
 

@@ -1,6 +1,6 @@
 """The webhook senders' HTTP client: a POST, the answer's status and headers, nothing more.
 
-httpx spent about half of a sender's CPU (py-spy on a sender process delivering ~1,000 webhooks a second,
+httpx spent about half of a sender's CPU (py-spy on a sender process delivering as fast as it could, ~490 a second,
 BENCHMARKS.md): more than the claims, the signatures and the ledger together. A delivery needs little of a
 general client: one method, no redirects, cookies, proxies or decompression, and the answer's body is never
 used. This one speaks HTTP/1.1 over asyncio streams, keeps connections alive per destination, and parses
